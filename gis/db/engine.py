@@ -1,0 +1,100 @@
+"""Engines for the two stores and the migrations that shape them.
+
+PostGIS is chosen by a postgresql URL; anything `sqlite:` gets SpatiaLite loaded
+into every connection. Callers hold sessions from `make_sessionmaker`; only this
+package touches SQLAlchemy.
+"""
+
+from __future__ import annotations
+
+import os
+from importlib import resources
+from pathlib import Path
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from geoalchemy2.admin.dialects.sqlite import init_spatialite
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+
+def _sqlite_module():
+    """The DB-API module to use for SQLite: one that can load extensions.
+
+    Interpreters built without loadable-extension support (pyenv's default)
+    lack `enable_load_extension`; pysqlite3-binary ships an SQLite that has it.
+    """
+    import sqlite3
+
+    if hasattr(sqlite3.Connection, "enable_load_extension"):
+        return sqlite3
+    try:
+        import pysqlite3.dbapi2 as pysqlite3
+    except ImportError as exc:  # pragma: no cover - depends on the platform
+        raise RuntimeError(
+            "this Python's sqlite3 cannot load SpatiaLite; pip install pysqlite3-binary"
+        ) from exc
+    return pysqlite3
+
+
+def _on_sqlite_connect(dbapi_conn, _record) -> None:
+    # Let SQLAlchemy, not the driver, decide where transactions begin (see the
+    # "begin" listener): the driver's implicit BEGIN breaks SAVEPOINTs.
+    dbapi_conn.isolation_level = None
+    dbapi_conn.execute("PRAGMA journal_mode = WAL")
+    dbapi_conn.enable_load_extension(True)
+    dbapi_conn.load_extension(os.environ.get("SPATIALITE_LIBRARY_PATH", "mod_spatialite"))
+    dbapi_conn.enable_load_extension(False)
+    # Only the SRID we store in: the full EPSG table takes seconds to load.
+    if dbapi_conn.execute("SELECT CheckSpatialMetaData()").fetchone()[0] < 1:
+        init_spatialite(dbapi_conn, transaction=True, init_mode="EMPTY")
+        dbapi_conn.execute("SELECT InsertEpsgSrid(4326)")
+    dbapi_conn.execute("PRAGMA foreign_keys = ON")
+    dbapi_conn.execute("PRAGMA busy_timeout = 10000")
+
+
+def make_engine(url: str, *, echo: bool = False) -> Engine:
+    """An engine for a PostGIS or SpatiaLite URL, ready for spatial SQL."""
+    if url.startswith("sqlite"):
+        path = sa.engine.make_url(url).database
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = sa.create_engine(url, module=_sqlite_module(), echo=echo)
+        sa.event.listen(engine, "connect", _on_sqlite_connect)
+        sa.event.listen(engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN"))
+        return engine
+    if url.startswith("postgresql"):
+        return sa.create_engine(url, echo=echo, pool_pre_ping=True)
+    raise ValueError(f"unsupported database URL {url!r}: use postgresql+psycopg:// or sqlite://")
+
+
+def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+def is_postgis(engine_or_session) -> bool:
+    bind = engine_or_session.get_bind() if isinstance(engine_or_session, Session) else engine_or_session
+    return bind.dialect.name == "postgresql"
+
+
+def _alembic_config(connection) -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(resources.files("gis.db") / "migrations"))
+    cfg.attributes["connection"] = connection
+    return cfg
+
+
+def migrate(engine: Engine) -> None:
+    """Bring the store's schema to the newest migration (creating PostGIS if needed)."""
+    with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.exec_driver_sql("CREATE EXTENSION IF NOT EXISTS postgis")
+        command.upgrade(_alembic_config(conn), "head")
+
+
+def current_revision(engine: Engine) -> str | None:
+    with engine.connect() as conn:
+        if not sa.inspect(conn).has_table("alembic_version"):
+            return None
+        return conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
