@@ -28,7 +28,9 @@ class Settings(BaseSettings):
         description="where the embedded SpatiaLite store lives",
     )
     environment: str = Field(default="development", description="development or production")
-    secret_key: str = Field(default=DEFAULT_SECRET, description="signs tokens; set it in production")
+    secret_key: str = Field(
+        default=DEFAULT_SECRET, description="signs tokens; set it in production"
+    )
     tiles: str = Field(
         default="none",
         description="basemap: none, an XYZ URL template, or gcj02:<URL template>",

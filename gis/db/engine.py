@@ -74,7 +74,11 @@ def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
 
 
 def is_postgis(engine_or_session) -> bool:
-    bind = engine_or_session.get_bind() if isinstance(engine_or_session, Session) else engine_or_session
+    bind = (
+        engine_or_session.get_bind()
+        if isinstance(engine_or_session, Session)
+        else engine_or_session
+    )
     return bind.dialect.name == "postgresql"
 
 

@@ -36,7 +36,9 @@ def upgrade() -> None:
         sa.Column("note", sa.Text),
         sa.Column("created_at", TZ, nullable=False),
         sa.Column("activated_at", TZ),
-        sa.CheckConstraint("status IN ('staged', 'active', 'retired')", name="ck_generation_status"),
+        sa.CheckConstraint(
+            "status IN ('staged', 'active', 'retired')", name="ck_generation_status"
+        ),
     )
     # At most one active generation, enforced by the store itself.
     op.create_index(
@@ -145,9 +147,7 @@ def upgrade() -> None:
         "cases",
         sa.Column("id", sa.Integer, primary_key=True),
         sa.Column("code", sa.String(40), nullable=False, unique=True),
-        sa.Column(
-            "category_code", sa.String(20), sa.ForeignKey("categories.code"), nullable=False
-        ),
+        sa.Column("category_code", sa.String(20), sa.ForeignKey("categories.code"), nullable=False),
         sa.Column("description", sa.Text),
         sa.Column("source", sa.String(20), nullable=False),
         sa.Column("reporter_name", sa.String(100)),

@@ -1,0 +1,770 @@
+"""Repositories: the only code that runs SQL. They return GeoDataFrames and plain dicts.
+
+Where PostGIS and SpatiaLite differ (how a spatial index is used), the
+difference is hidden here: PostGIS uses `&&` against a GiST index, SpatiaLite a
+sub-query on its R*Tree through the `SpatialIndex` virtual table.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from importlib import resources
+from typing import Any
+
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+import pyproj
+import shapely
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from gis.assign import assign_points
+from gis.crs import local_metric_crs
+from gis.db.models import (
+    LEVELS,
+    Area,
+    Building,
+    Case,
+    Category,
+    Generation,
+    Station,
+    Worker,
+    WorkerGrid,
+)
+from gis.errors import Conflict, InvalidInput, NotFound
+
+SRID = 4326
+CHILD_LEVEL = dict(zip(LEVELS[:-1], LEVELS[1:], strict=True))
+PARENT_LEVEL = {child: parent for parent, child in CHILD_LEVEL.items()}
+WRITE_BATCH = 5000
+
+
+def now_utc() -> datetime:
+    return datetime.now(UTC)
+
+
+def _is_postgis(session: Session) -> bool:
+    return session.get_bind().dialect.name == "postgresql"
+
+
+def _geom_from_wkt(wkt) -> sa.ColumnElement:
+    # ST_GeomFromText is spelled the same on both stores.
+    return sa.func.ST_GeomFromText(wkt, SRID)
+
+
+def _wkt(geoms: Sequence) -> list[str]:
+    return list(shapely.to_wkt(np.asarray(geoms), rounding_precision=-1, output_dimension=2))
+
+
+def _spatial_candidates(session: Session, column, bbox: tuple[float, float, float, float]):
+    """A WHERE clause keeping rows whose indexed geometry's box meets `bbox`."""
+    frame = _geom_from_wkt(shapely.box(*bbox).wkt)
+    if _is_postgis(session):
+        return column.op("&&")(frame)
+    table = column.table
+    rowids = (
+        sa.select(sa.column("rowid"))
+        .select_from(sa.table("SpatialIndex"))
+        .where(
+            sa.column("f_table_name") == table.name,
+            sa.column("f_geometry_column") == column.name,
+            sa.column("search_frame") == frame,
+        )
+    )
+    return table.c.id.in_(rowids)
+
+
+def _bbox_filter(session: Session, column, bbox):
+    frame = _geom_from_wkt(shapely.box(*bbox).wkt)
+    return sa.and_(_spatial_candidates(session, column, bbox), sa.func.ST_Intersects(column, frame))
+
+
+def _frame(rows: Sequence[Any], columns: list[str], crs=SRID) -> gpd.GeoDataFrame:
+    """Rows whose last field is WKB into a GeoDataFrame."""
+    data = pd.DataFrame([tuple(r[:-1]) for r in rows], columns=columns)
+    geoms = shapely.from_wkb([bytes(r[-1]) for r in rows]) if rows else []
+    return gpd.GeoDataFrame(data, geometry=gpd.GeoSeries(geoms, crs=crs), crs=crs)
+
+
+# ---------------------------------------------------------------- generations
+
+
+def active_generation(session: Session) -> Generation | None:
+    return session.scalars(sa.select(Generation).where(Generation.status == "active")).first()
+
+
+def require_active_generation(session: Session) -> Generation:
+    gen = active_generation(session)
+    if gen is None:
+        raise NotFound("no active boundary generation: import areas first (wangge import areas)")
+    return gen
+
+
+def get_generation(session: Session, ref: int | str | None) -> Generation:
+    """A generation by id or name; None means the active one."""
+    if ref is None or ref == "active":
+        return require_active_generation(session)
+    if isinstance(ref, int) or str(ref).isdigit():
+        gen = session.get(Generation, int(ref))
+    else:
+        gen = session.scalars(sa.select(Generation).where(Generation.name == ref)).first()
+    if gen is None:
+        raise NotFound(f"no boundary generation {ref!r}", generation=str(ref))
+    return gen
+
+
+def list_generations(session: Session) -> list[Generation]:
+    return list(session.scalars(sa.select(Generation).order_by(Generation.id)))
+
+
+def create_generation(
+    session: Session, name: str | None = None, note: str | None = None
+) -> Generation:
+    """Stage a new, empty generation."""
+    name = name or f"gen-{now_utc():%Y%m%d-%H%M%S-%f}"
+    if session.scalars(sa.select(Generation.id).where(Generation.name == name)).first():
+        raise Conflict(f"a boundary generation named {name!r} already exists", generation=name)
+    gen = Generation(name=name, status="staged", note=note, created_at=now_utc())
+    session.add(gen)
+    session.flush()
+    return gen
+
+
+def activate_generation(session: Session, generation: Generation) -> Generation:
+    """Switch `generation` on and retire the one that was active."""
+    if generation.status == "active":
+        return generation
+    count = session.scalar(
+        sa.select(sa.func.count())
+        .select_from(Area)
+        .where(Area.generation_id == generation.id, Area.level == "grid")
+    )
+    if not count:
+        raise Conflict(
+            f"generation {generation.name!r} has no grids and cannot be switched on",
+            generation=generation.name,
+        )
+    session.execute(
+        sa.update(Generation).where(Generation.status == "active").values(status="retired")
+    )
+    session.flush()
+    generation.status = "active"
+    generation.activated_at = now_utc()
+    session.flush()
+    return generation
+
+
+def copy_areas(session: Session, source: Generation, target: Generation, levels: Iterable[str]):
+    """Copy the areas of some levels from one generation to another (a redraw keeps the rest)."""
+    cols = [Area.level, Area.code, Area.name, Area.parent_code, Area.geom]
+    src = sa.select(sa.literal(target.id), *cols).where(
+        Area.generation_id == source.id, Area.level.in_(list(levels))
+    )
+    session.execute(
+        sa.insert(Area).from_select(
+            ["generation_id", "level", "code", "name", "parent_code", "geom"], src
+        )
+    )
+
+
+# ---------------------------------------------------------------------- areas
+
+
+def area_codes(session: Session, generation_id: int) -> dict[str, str]:
+    """code -> level of every area in a generation."""
+    rows = session.execute(
+        sa.select(Area.code, Area.level).where(Area.generation_id == generation_id)
+    )
+    return dict(rows.all())
+
+
+def write_areas(session: Session, areas_gdf: gpd.GeoDataFrame, generation: Generation) -> int:
+    """Insert validated areas (code, name, level, parent_code, geometry) into a generation.
+
+    Raises Conflict if a code is already in the generation. Parent checks are the
+    importer's job (it names the feature); this only writes.
+    """
+    existing = area_codes(session, generation.id)
+    clash = sorted(set(areas_gdf["code"]) & set(existing))
+    if clash:
+        raise Conflict(
+            f"{len(clash)} area code(s) already exist in generation {generation.name!r}: "
+            + ", ".join(clash[:5]),
+            codes=clash[:20],
+        )
+    geoms = _to_multipolygons(areas_gdf.geometry.values)
+    rows = [
+        {
+            "generation_id": generation.id,
+            "level": lvl,
+            "code": code,
+            "name": name,
+            "parent_code": parent if isinstance(parent, str) and parent else None,
+            "wkt": wkt,
+        }
+        for lvl, code, name, parent, wkt in zip(
+            areas_gdf["level"],
+            areas_gdf["code"],
+            areas_gdf["name"],
+            areas_gdf["parent_code"],
+            _wkt(geoms),
+            strict=True,
+        )
+    ]
+    _insert_with_geoms(session, Area.__table__, rows, {"geom": "wkt"})
+    return len(rows)
+
+
+def _to_multipolygons(geoms) -> np.ndarray:
+    """Polygons and MultiPolygons as MultiPolygons (the areas column's type)."""
+    parts, index = shapely.get_parts(np.asarray(geoms), return_index=True)
+    return shapely.multipolygons(parts, indices=index)
+
+
+def _insert_with_geoms(session: Session, table: sa.Table, rows: list[dict], geoms: dict[str, str]):
+    """executemany INSERT where geometry columns come from WKT parameters."""
+    if not rows:
+        return
+    values = {col: _geom_from_wkt(sa.bindparam(param)) for col, param in geoms.items()}
+    plain = [k for k in rows[0] if k not in geoms.values()]
+    values.update({k: sa.bindparam(k) for k in plain})
+    stmt = sa.insert(table).values(values)
+    for start in range(0, len(rows), WRITE_BATCH):
+        session.execute(stmt, rows[start : start + WRITE_BATCH])
+
+
+def areas_gdf(
+    session: Session,
+    generation_id: int,
+    *,
+    level: str | None = None,
+    parent_code: str | None = None,
+    codes: Sequence[str] | None = None,
+    bbox: tuple[float, float, float, float] | None = None,
+    limit: int | None = None,
+    offset: int = 0,
+) -> tuple[gpd.GeoDataFrame, int]:
+    """Areas of a generation as a GeoDataFrame, with the total before paging."""
+    where = [Area.generation_id == generation_id]
+    if level:
+        where.append(Area.level == level)
+    if parent_code:
+        where.append(Area.parent_code == parent_code)
+    if codes is not None:
+        where.append(Area.code.in_(list(codes)))
+    if bbox:
+        where.append(_bbox_filter(session, Area.__table__.c.geom, bbox))
+    total = session.scalar(sa.select(sa.func.count()).select_from(Area).where(*where))
+    stmt = (
+        sa.select(
+            Area.code, Area.name, Area.level, Area.parent_code, sa.func.ST_AsBinary(Area.geom)
+        )
+        .where(*where)
+        .order_by(Area.code)
+        .offset(offset)
+    )
+    if limit is not None:
+        stmt = stmt.limit(limit)
+    rows = session.execute(stmt).all()
+    return _frame(rows, ["code", "name", "level", "parent_code"]), total
+
+
+@dataclass
+class Located:
+    """The chain of areas covering a point, or the nearest grid when none does."""
+
+    generation: str
+    chain: list[dict[str, str]] = field(default_factory=list)
+    on_boundary_of: list[str] = field(default_factory=list)
+    nearest_grid: dict[str, Any] | None = None
+
+    @property
+    def grid_code(self) -> str | None:
+        return self.chain[-1]["code"] if self.chain else None
+
+
+def locate(
+    session: Session, lon: float, lat: float, generation: Generation | None = None
+) -> Located:
+    """The active district/street/community/grid chain covering a point.
+
+    A point on a shared edge or vertex is covered by several grids; it belongs to
+    the one with the lowest code (the rule `gis.assign.assign_points` follows).
+    """
+    generation = generation or require_active_generation(session)
+    pt = _geom_from_wkt(f"POINT({lon!r} {lat!r})")
+    grid_col = Area.__table__.c.geom
+    eps = 1e-9
+    rows = (
+        session.execute(
+            sa.select(Area.code)
+            .where(
+                Area.generation_id == generation.id,
+                Area.level == "grid",
+                _spatial_candidates(
+                    session, grid_col, (lon - eps, lat - eps, lon + eps, lat + eps)
+                ),
+                sa.func.ST_Covers(Area.geom, pt),
+            )
+            .order_by(Area.code)
+        )
+        .scalars()
+        .all()
+    )
+    result = Located(generation=generation.name)
+    if not rows:
+        result.nearest_grid = nearest_area(session, lon, lat, generation, level="grid")
+        return result
+    if len(rows) > 1:
+        result.on_boundary_of = list(rows)
+    chain = []
+    code: str | None = rows[0]
+    while code:
+        area = session.execute(
+            sa.select(Area.level, Area.code, Area.name, Area.parent_code).where(
+                Area.generation_id == generation.id, Area.code == code
+            )
+        ).first()
+        if area is None:
+            break
+        chain.append({"level": area.level, "code": area.code, "name": area.name})
+        code = area.parent_code
+    result.chain = list(reversed(chain))
+    return result
+
+
+def nearest_area(
+    session: Session, lon: float, lat: float, generation: Generation, level: str = "grid"
+) -> dict[str, Any] | None:
+    """The area of a level nearest to a point, with the true distance in metres.
+
+    Candidates come from the spatial index in a growing box; the exact distance is
+    measured in an azimuthal equidistant projection centred on the point, so both
+    stores give the same answer.
+    """
+    to_local = pyproj.Transformer.from_crs(SRID, local_metric_crs(lon, lat), always_xy=True)
+    metres_per_deg = 111_320.0 * max(np.cos(np.radians(lat)), 0.05)
+    radius_deg = 0.01
+    for _ in range(12):
+        box = (lon - radius_deg, lat - radius_deg, lon + radius_deg, lat + radius_deg)
+        frame, _total = areas_gdf(session, generation.id, level=level, bbox=box)
+        if len(frame):
+            break
+        radius_deg *= 4
+    else:
+        return None
+    # Anything nearer than the best candidate lies inside a box of that radius.
+    local = shapely.transform(
+        frame.geometry.values, lambda xy: np.column_stack(to_local.transform(xy[:, 0], xy[:, 1]))
+    )
+    best = float(shapely.distance(local, shapely.Point(0, 0)).min())
+    wider = best / metres_per_deg * 1.05 + 1e-6
+    box = (lon - wider, lat - wider, lon + wider, lat + wider)
+    frame, _total = areas_gdf(session, generation.id, level=level, bbox=box)
+    local = shapely.transform(
+        frame.geometry.values, lambda xy: np.column_stack(to_local.transform(xy[:, 0], xy[:, 1]))
+    )
+    dist = shapely.distance(local, shapely.Point(0, 0))
+    order = np.lexsort((frame["code"].to_numpy(dtype=str), dist))
+    i = int(order[0])
+    return {
+        "code": frame["code"].iat[i],
+        "name": frame["name"].iat[i],
+        "distance_m": round(float(dist[i]), 2),
+    }
+
+
+# ------------------------------------------------------------------ buildings
+
+
+def write_buildings(session: Session, buildings_gdf: gpd.GeoDataFrame) -> dict[str, int]:
+    """Insert new buildings and update those whose code is already stored.
+
+    Buildings without a grid_code are placed in the active generation's grid that
+    covers a point inside their footprint (lowest code on shared edges).
+    """
+    gdf = buildings_gdf.copy()
+    points = shapely.point_on_surface(gdf.geometry.values)
+    gen = active_generation(session)
+    if gen is not None and (gdf.get("grid_code") is None or gdf["grid_code"].isna().any()):
+        grids, _ = areas_gdf(
+            session, gen.id, level="grid", bbox=tuple(shapely.total_bounds(points))
+        )
+        assigned = assign_points(points, grids.geometry.values, grids["code"].to_numpy())
+        parent = dict(zip(grids["code"], grids["parent_code"], strict=True))
+        if "grid_code" not in gdf:
+            gdf["grid_code"] = None
+        missing = gdf["grid_code"].isna().to_numpy()
+        gdf.loc[missing, "grid_code"] = assigned[missing]
+        if "community_code" not in gdf:
+            gdf["community_code"] = None
+        missing_c = gdf["community_code"].isna().to_numpy()
+        gdf.loc[missing_c, "community_code"] = [
+            parent.get(c) for c in gdf.loc[missing_c, "grid_code"]
+        ]
+    existing = (
+        dict(
+            session.execute(
+                sa.select(Building.code, Building.id).where(Building.code.in_(list(gdf["code"])))
+            ).all()
+        )
+        if len(gdf) <= 30000
+        else dict(session.execute(sa.select(Building.code, Building.id)).all())
+    )
+    cols = [
+        "code",
+        "name",
+        "address",
+        "households",
+        "population",
+        "floors",
+        "grid_code",
+        "community_code",
+    ]
+    rows = []
+    for rec, wkt, pwkt in zip(
+        gdf.reindex(columns=cols).itertuples(index=False),
+        _wkt(gdf.geometry.values),
+        _wkt(points),
+        strict=True,
+    ):
+        row = {c: _plain(v) for c, v in zip(cols, rec, strict=True)}
+        row["households"] = row["households"] or 0
+        row["population"] = row["population"] or 0
+        row["wkt"], row["pwkt"] = wkt, pwkt
+        rows.append(row)
+    new = [r for r in rows if r["code"] not in existing]
+    old = [r for r in rows if r["code"] in existing]
+    _insert_with_geoms(session, Building.__table__, new, {"geom": "wkt", "point": "pwkt"})
+    if old:
+        table = Building.__table__
+        stmt = (
+            sa.update(table)
+            .where(table.c.code == sa.bindparam("b_code"))
+            .values(
+                {c: sa.bindparam(c) for c in cols if c != "code"}
+                | {
+                    "geom": _geom_from_wkt(sa.bindparam("wkt")),
+                    "point": _geom_from_wkt(sa.bindparam("pwkt")),
+                }
+            )
+        )
+        for r in old:
+            r["b_code"] = r.pop("code")
+        session.execute(stmt, old)
+    return {"inserted": len(new), "updated": len(old)}
+
+
+def _plain(value):
+    """numpy / pandas scalars to plain Python, NaN to None."""
+    if value is None:
+        return None
+    if isinstance(value, float) and np.isnan(value):
+        return None
+    if value is pd.NA or value is pd.NaT:
+        return None
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, pd.Timestamp):
+        return value.to_pydatetime()
+    return value
+
+
+def buildings_gdf(
+    session: Session,
+    *,
+    grid_code: str | None = None,
+    community_code: str | None = None,
+    bbox: tuple[float, float, float, float] | None = None,
+    limit: int | None = None,
+    offset: int = 0,
+) -> tuple[gpd.GeoDataFrame, int]:
+    table = Building.__table__
+    where = []
+    if grid_code:
+        where.append(table.c.grid_code == grid_code)
+    if community_code:
+        where.append(table.c.community_code == community_code)
+    if bbox:
+        where.append(_bbox_filter(session, table.c.point, bbox))
+    cols = [
+        "code",
+        "name",
+        "address",
+        "households",
+        "population",
+        "floors",
+        "grid_code",
+        "community_code",
+    ]
+    total = session.scalar(sa.select(sa.func.count()).select_from(table).where(*where))
+    stmt = (
+        sa.select(*[table.c[c] for c in cols], sa.func.ST_AsBinary(table.c.geom))
+        .where(*where)
+        .order_by(table.c.code)
+        .offset(offset)
+    )
+    if limit is not None:
+        stmt = stmt.limit(limit)
+    return _frame(session.execute(stmt).all(), cols), total
+
+
+# ------------------------------------------------------------------- stations
+
+
+STATION_COLUMNS = [
+    "code",
+    "name",
+    "kind",
+    "address",
+    "services",
+    "opening_hours",
+    "capacity",
+    "phone",
+]
+
+
+def write_stations(session: Session, stations_gdf: gpd.GeoDataFrame) -> dict[str, int]:
+    """Insert stations; a code already stored replaces that station."""
+    codes = list(stations_gdf["code"])
+    removed = session.execute(sa.delete(Station).where(Station.code.in_(codes))).rowcount
+    rows = []
+    for rec, wkt in zip(
+        stations_gdf.reindex(columns=STATION_COLUMNS).itertuples(index=False),
+        _wkt(stations_gdf.geometry.values),
+        strict=True,
+    ):
+        row = {c: _plain(v) for c, v in zip(STATION_COLUMNS, rec, strict=True)}
+        services = row["services"]
+        if isinstance(services, str):
+            services = [s.strip() for s in services.replace("；", ";").split(";") if s.strip()]
+        row["services"] = services or []
+        row["wkt"] = wkt
+        rows.append(row)
+    _insert_with_geoms(session, Station.__table__, rows, {"geom": "wkt"})
+    return {"inserted": len(rows) - removed, "updated": removed}
+
+
+def stations_gdf(
+    session: Session,
+    *,
+    kind: str | None = None,
+    bbox: tuple[float, float, float, float] | None = None,
+    limit: int | None = None,
+    offset: int = 0,
+) -> tuple[gpd.GeoDataFrame, int]:
+    table = Station.__table__
+    where = []
+    if kind:
+        where.append(table.c.kind == kind)
+    if bbox:
+        where.append(_bbox_filter(session, table.c.geom, bbox))
+    total = session.scalar(sa.select(sa.func.count()).select_from(table).where(*where))
+    stmt = (
+        sa.select(*[table.c[c] for c in STATION_COLUMNS], sa.func.ST_AsBinary(table.c.geom))
+        .where(*where)
+        .order_by(table.c.code)
+        .offset(offset)
+    )
+    if limit is not None:
+        stmt = stmt.limit(limit)
+    frame = _frame(session.execute(stmt).all(), STATION_COLUMNS)
+    if len(frame):
+        frame["services"] = [
+            s if isinstance(s, list) else json.loads(s or "[]") for s in frame["services"]
+        ]
+    return frame, total
+
+
+# -------------------------------------------------------------------- workers
+
+
+def write_workers(session: Session, workers_df: pd.DataFrame) -> dict[str, int]:
+    """Insert or replace workers; `grid_codes` is a list or a ';'-separated string."""
+    inserted = updated = 0
+    existing = {
+        w.code: w
+        for w in session.scalars(sa.select(Worker).where(Worker.code.in_(list(workers_df["code"]))))
+    }
+    for rec in workers_df.to_dict("records"):
+        grids = rec.get("grid_codes") or []
+        if isinstance(grids, str):
+            grids = [g.strip() for g in grids.split(";") if g.strip()]
+        worker = existing.get(rec["code"])
+        if worker is None:
+            worker = Worker(code=rec["code"])
+            session.add(worker)
+            inserted += 1
+        else:
+            updated += 1
+        worker.name = rec["name"]
+        worker.phone = _plain(rec.get("phone"))
+        worker.role = rec.get("role") or "grid_worker"
+        worker.grids = [WorkerGrid(grid_code=g) for g in dict.fromkeys(grids)]
+    session.flush()
+    return {"inserted": inserted, "updated": updated}
+
+
+def list_workers(
+    session: Session,
+    *,
+    grid_code: str | None = None,
+    role: str | None = None,
+    limit: int | None = None,
+    offset: int = 0,
+) -> tuple[list[dict[str, Any]], int]:
+    stmt = sa.select(Worker)
+    if grid_code:
+        stmt = stmt.where(
+            Worker.id.in_(sa.select(WorkerGrid.worker_id).where(WorkerGrid.grid_code == grid_code))
+        )
+    if role:
+        stmt = stmt.where(Worker.role == role)
+    total = session.scalar(sa.select(sa.func.count()).select_from(stmt.subquery()))
+    stmt = stmt.order_by(Worker.code).offset(offset)
+    if limit is not None:
+        stmt = stmt.limit(limit)
+    workers = [
+        {
+            "code": w.code,
+            "name": w.name,
+            "phone": w.phone,
+            "role": w.role,
+            "active": w.active,
+            "grid_codes": [g.grid_code for g in w.grids],
+        }
+        for w in session.scalars(stmt)
+    ]
+    return workers, total
+
+
+# ----------------------------------------------------------------- categories
+
+
+def default_category_tree() -> dict[str, Any]:
+    return json.loads(resources.files("data").joinpath("categories.json").read_text("utf-8"))
+
+
+def seed_categories(session: Session, tree: dict[str, Any] | None = None) -> int:
+    """Load the category tree if the store has none yet; returns how many were added."""
+    if session.scalar(sa.select(sa.func.count()).select_from(Category)):
+        return 0
+    tree = tree or default_category_tree()
+    rows = []
+    for cls in tree["classes"]:
+        rows.append(
+            Category(
+                code=cls["code"],
+                parent_code=None,
+                level="class",
+                name=cls["name"],
+                name_en=cls.get("name_en"),
+            )
+        )
+        for sub in cls["subclasses"]:
+            rows.append(
+                Category(
+                    code=sub["code"],
+                    parent_code=cls["code"],
+                    level="subclass",
+                    name=sub["name"],
+                    name_en=sub.get("name_en"),
+                    deadline_h=sub["deadline_h"],
+                    workload_weight=sub["workload_weight"],
+                    department=sub.get("department"),
+                )
+            )
+    session.add_all(rows)
+    session.flush()
+    return len(rows)
+
+
+def categories(session: Session) -> list[Category]:
+    return list(session.scalars(sa.select(Category).order_by(Category.code)))
+
+
+# ---------------------------------------------------------------------- cases
+
+
+CASE_COLUMNS = [
+    "code",
+    "category_code",
+    "description",
+    "source",
+    "status",
+    "grid_code",
+    "route_flag",
+    "reported_at",
+    "deadline_at",
+    "resolved_at",
+    "closed_at",
+    "rating",
+]
+
+
+def write_cases(session: Session, cases_gdf: gpd.GeoDataFrame) -> dict[str, int]:
+    """Insert cases, routing each point to the active generation's grid.
+
+    Rows may carry status and timestamps (history from a file or the demo);
+    otherwise a case is 'reported' with the deadline its category sets.
+    """
+    gen = require_active_generation(session)
+    known = {c.code: c for c in categories(session) if c.level == "subclass"}
+    clash = session.scalars(
+        sa.select(Case.code).where(Case.code.in_(list(cases_gdf["code"])))
+    ).all()
+    if clash:
+        raise Conflict(
+            f"{len(clash)} case code(s) already stored: " + ", ".join(clash[:5]), codes=clash[:20]
+        )
+    gdf = cases_gdf.copy()
+    grids, _ = areas_gdf(session, gen.id, level="grid")
+    gdf["grid_code"] = assign_points(
+        gdf.geometry.values, grids.geometry.values, grids["code"].to_numpy()
+    )
+    gdf["route_flag"] = np.where(gdf["grid_code"].isna(), "unrouted", "inside")
+    reported = pd.to_datetime(gdf["reported_at"], utc=True)
+    gdf["reported_at"] = reported
+    if "status" not in gdf:
+        gdf["status"] = "reported"
+    deadline_h = gdf["category_code"].map(lambda c: known[c].deadline_h if c in known else None)
+    gdf["deadline_at"] = reported + pd.to_timedelta(deadline_h.astype(float), unit="h")
+    for col in ("resolved_at", "closed_at", "rating", "description"):
+        if col not in gdf:
+            gdf[col] = None
+    owner = dict(session.execute(sa.select(WorkerGrid.grid_code, WorkerGrid.worker_id)).all())
+    rows = []
+    for rec, wkt in zip(
+        gdf.reindex(columns=CASE_COLUMNS).itertuples(index=False),
+        _wkt(gdf.geometry.values),
+        strict=True,
+    ):
+        row = {c: _plain(v) for c, v in zip(CASE_COLUMNS, rec, strict=True)}
+        row["generation_id"] = gen.id
+        row["worker_id"] = owner.get(row["grid_code"])
+        row["escalation_level"] = 0
+        row["updated_at"] = row["closed_at"] or row["resolved_at"] or row["reported_at"]
+        row["wkt"] = wkt
+        rows.append(row)
+    _insert_with_geoms(session, Case.__table__, rows, {"geom": "wkt"})
+    return {"inserted": len(rows), "unrouted": int((gdf["route_flag"] == "unrouted").sum())}
+
+
+def count_rows(session: Session) -> dict[str, int]:
+    """How many rows each main table holds (for status pages and tests)."""
+    out = {}
+    for model in (Generation, Area, Building, Station, Worker, Category, Case):
+        out[model.__tablename__] = session.scalar(sa.select(sa.func.count()).select_from(model))
+    return out
+
+
+def require_level(level: str) -> str:
+    if level not in LEVELS:
+        raise InvalidInput(
+            f"unknown level {level!r}; use one of {', '.join(LEVELS)}", field="level"
+        )
+    return level
