@@ -13,6 +13,11 @@ STATION_KINDS: dict[str, str] = {
     "health": "健康驿站",
 }
 
-LEVEL_NAMES: dict[str, str] = {"district": "区", "street": "街道", "community": "社区", "grid": "网格"}
+LEVEL_NAMES: dict[str, str] = {
+    "district": "区",
+    "street": "街道",
+    "community": "社区",
+    "grid": "网格",
+}
 
 CASE_SOURCES = ("resident", "worker", "hotline")
