@@ -470,7 +470,7 @@ def _plain(value):
     if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, pd.Timestamp):
-        return value.to_pydatetime()
+        return value.to_pydatetime(warn=False)
     return value
 
 
