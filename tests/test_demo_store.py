@@ -27,7 +27,7 @@ def test_tiny_demo_loads_and_every_building_locates_to_its_grid(store):
         assert total == len(district.buildings)
         # every stored building's point lies in exactly one grid, the one it names
         points = shapely.point_on_surface(stored.geometry.values)
-        inside = shapely.contains(grids.geometry.values[:, None], points[None, :])
+        inside = shapely.contains(np.asarray(grids.geometry.values)[:, None], points[None, :])
         assert (inside.sum(axis=0) == 1).all()
         owner = grids["code"].to_numpy()[inside.argmax(axis=0)]
         assert (owner == stored["grid_code"].to_numpy()).all()
