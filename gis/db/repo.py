@@ -219,6 +219,23 @@ def write_areas(session: Session, areas_gdf: gpd.GeoDataFrame, generation: Gener
     return len(rows)
 
 
+def _stored_codes(session: Session, table: sa.Table, codes) -> dict[str, int]:
+    """code -> id of the rows among `codes` that are already stored.
+
+    Asked in chunks: SQLite caps the number of bound parameters per statement.
+    """
+    codes = list(dict.fromkeys(codes))
+    found: dict[str, int] = {}
+    for start in range(0, len(codes), 500):
+        chunk = codes[start : start + 500]
+        found.update(
+            session.execute(
+                sa.select(table.c.code, table.c.id).where(table.c.code.in_(chunk))
+            ).all()
+        )
+    return found
+
+
 def _to_multipolygons(geoms) -> np.ndarray:
     """Polygons and MultiPolygons as MultiPolygons (the areas column's type)."""
     parts, index = shapely.get_parts(np.asarray(geoms), return_index=True)
@@ -406,15 +423,7 @@ def write_buildings(session: Session, buildings_gdf: gpd.GeoDataFrame) -> dict[s
         gdf.loc[missing_c, "community_code"] = [
             parent.get(c) for c in gdf.loc[missing_c, "grid_code"]
         ]
-    existing = (
-        dict(
-            session.execute(
-                sa.select(Building.code, Building.id).where(Building.code.in_(list(gdf["code"])))
-            ).all()
-        )
-        if len(gdf) <= 30000
-        else dict(session.execute(sa.select(Building.code, Building.id)).all())
-    )
+    existing = _stored_codes(session, Building.__table__, gdf["code"])
     cols = [
         "code",
         "name",
@@ -530,8 +539,10 @@ STATION_COLUMNS = [
 
 def write_stations(session: Session, stations_gdf: gpd.GeoDataFrame) -> dict[str, int]:
     """Insert stations; a code already stored replaces that station."""
-    codes = list(stations_gdf["code"])
-    removed = session.execute(sa.delete(Station).where(Station.code.in_(codes))).rowcount
+    ids = list(_stored_codes(session, Station.__table__, stations_gdf["code"]).values())
+    for start in range(0, len(ids), 500):
+        session.execute(sa.delete(Station).where(Station.id.in_(ids[start : start + 500])))
+    removed = len(ids)
     rows = []
     for rec, wkt in zip(
         stations_gdf.reindex(columns=STATION_COLUMNS).itertuples(index=False),
@@ -586,9 +597,14 @@ def stations_gdf(
 def write_workers(session: Session, workers_df: pd.DataFrame) -> dict[str, int]:
     """Insert or replace workers; `grid_codes` is a list or a ';'-separated string."""
     inserted = updated = 0
+    ids = _stored_codes(session, Worker.__table__, workers_df["code"])
+    id_list = list(ids.values())
     existing = {
         w.code: w
-        for w in session.scalars(sa.select(Worker).where(Worker.code.in_(list(workers_df["code"]))))
+        for start in range(0, len(id_list), 500)
+        for w in session.scalars(
+            sa.select(Worker).where(Worker.id.in_(id_list[start : start + 500]))
+        )
     }
     for rec in workers_df.to_dict("records"):
         grids = rec.get("grid_codes") or []
@@ -714,9 +730,7 @@ def write_cases(session: Session, cases_gdf: gpd.GeoDataFrame) -> dict[str, int]
     """
     gen = require_active_generation(session)
     known = {c.code: c for c in categories(session) if c.level == "subclass"}
-    clash = session.scalars(
-        sa.select(Case.code).where(Case.code.in_(list(cases_gdf["code"])))
-    ).all()
+    clash = sorted(_stored_codes(session, Case.__table__, cases_gdf["code"]))
     if clash:
         raise Conflict(
             f"{len(clash)} case code(s) already stored: " + ", ".join(clash[:5]), codes=clash[:20]
