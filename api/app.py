@@ -1,0 +1,151 @@
+"""The FastAPI application factory.
+
+`create_app(settings)` builds everything from the settings it is given: the
+engine, the migrations and the category seed run once at startup (lifespan), and
+nothing happens at import time, so tests and the CLI each get an app on the
+store they name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from importlib import metadata
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.concurrency import run_in_threadpool
+
+from api.errors import register_error_handlers
+from api.routers import (
+    areas,
+    buildings,
+    categories,
+    generations,
+    imports,
+    locate,
+    meta,
+    stations,
+    workers,
+)
+from api.settings import Settings
+from gis.db import repo
+from gis.db.engine import make_engine, make_sessionmaker, migrate
+
+API_PREFIX = "/api/v1"
+
+DESCRIPTION = """\
+**wangge** serves urban grid governance (网格化治理) data: the district → street
+(街道) → community (社区) → grid (网格) hierarchy in boundary generations, the
+buildings (楼栋) each grid covers, service stations (驿站), grid workers (网格员)
+and the case category tree.
+
+- Features are GeoJSON (RFC 7946), coordinates in EPSG:4326 lon/lat, paged with
+  `limit`/`offset` and OGC API - Features style `numberMatched`, `numberReturned`
+  and `next`/`prev` links.
+- `/api/v1/locate` finds the grid covering a point given in WGS84, CGCS2000,
+  GCJ-02 (Amap, Tencent), BD-09 (Baidu) or an EPSG code.
+- Errors answer `{"error": ..., "message": ...}` with details; invalid
+  parameters answer 400 naming the parameter.
+"""
+
+TAGS = [
+    {"name": "generations", "description": "Boundary generations: staged, active, retired."},
+    {"name": "areas", "description": "Districts, streets, communities and grids."},
+    {"name": "buildings", "description": "Buildings and the grid each belongs to."},
+    {"name": "stations", "description": "Neighbourhood and other service stations (驿站)."},
+    {"name": "workers", "description": "Grid workers and the grids they own."},
+    {"name": "categories", "description": "The two-level case category tree."},
+    {"name": "locate", "description": "Which grid covers a point."},
+    {"name": "imports", "description": "Import GeoJSON, GeoPackage, Shapefile or CSV files."},
+    {"name": "service", "description": "Index and health."},
+]
+
+
+def _version() -> str:
+    try:
+        return metadata.version("wangge")
+    except metadata.PackageNotFoundError:  # running from a source tree that is not installed
+        return "0+unknown"
+
+
+def _prepare_store(app: FastAPI) -> None:
+    """Open the store named by the settings, migrate it and seed the categories."""
+    settings: Settings = app.state.settings
+    engine = make_engine(settings.store_url)
+    migrate(engine)
+    sessions = make_sessionmaker(engine)
+    with sessions() as session, session.begin():
+        repo.seed_categories(session)
+    app.state.engine = engine
+    app.state.sessions = sessions
+
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    # Migrations block; keep them off the event loop.
+    await run_in_threadpool(_prepare_store, app)
+    try:
+        yield
+    finally:
+        app.state.engine.dispose()
+
+
+def _openapi_with_400(app: FastAPI) -> dict[str, Any]:
+    """The OpenAPI document with FastAPI's automatic 422 replaced by our 400 answer."""
+    if app.openapi_schema:
+        return app.openapi_schema
+    schema = FastAPI.openapi(app)
+    error_ref = {"$ref": "#/components/schemas/ErrorOut"}
+    for path in schema.get("paths", {}).values():
+        for operation in path.values():
+            responses = operation.get("responses", {})
+            # Errors are plain JSON even on routes whose answer is GeoJSON.
+            for status, response in responses.items():
+                content = response.get("content", {})
+                if status[0] in "45" and "application/geo+json" in content:
+                    content["application/json"] = content.pop("application/geo+json")
+            if responses.pop("422", None) is not None:
+                responses.setdefault(
+                    "400",
+                    {
+                        "description": "invalid parameter",
+                        "content": {"application/json": {"schema": error_ref}},
+                    },
+                )
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    for unused in ("HTTPValidationError", "ValidationError"):
+        components.pop(unused, None)
+    components.setdefault(
+        "ErrorOut",
+        {
+            "title": "ErrorOut",
+            "type": "object",
+            "properties": {"error": {"type": "string"}, "message": {"type": "string"}},
+            "required": ["error", "message"],
+        },
+    )
+    app.openapi_schema = schema
+    return schema
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """A wangge app on the store the settings name (environment settings by default)."""
+    settings = settings or Settings()
+    app = FastAPI(
+        title="wangge",
+        version=_version(),
+        description=DESCRIPTION,
+        openapi_tags=TAGS,
+        docs_url="/docs",
+        redoc_url=None,
+        lifespan=_lifespan,
+    )
+    app.state.settings = settings
+    register_error_handlers(app)
+    app.add_middleware(imports.UploadSizeLimit, path_prefix=f"{API_PREFIX}/imports")
+    app.include_router(meta.router)
+    for module in (generations, areas, buildings, stations, workers, categories, locate, imports):
+        app.include_router(module.router, prefix=API_PREFIX)
+    app.openapi = lambda: _openapi_with_400(app)  # type: ignore[method-assign]
+    return app

@@ -1,0 +1,53 @@
+"""Boundary generations: list them, look one up, switch a staged one on."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path
+
+from api.deps import SessionDep
+from api.schemas import GenerationOut, error_responses
+from gis.db import repo
+
+router = APIRouter(prefix="/generations", tags=["generations"])
+
+NameOrId = Annotated[
+    str, Path(description="the generation's name or numeric id", examples=["initial"])
+]
+
+
+@router.get("", summary="List boundary generations", response_model=list[GenerationOut])
+def list_generations(session: SessionDep) -> list[GenerationOut]:
+    """Every generation, oldest first, with its status: exactly one is `active`;
+    redraws wait as `staged`; replaced ones are `retired`."""
+    return [GenerationOut.model_validate(g) for g in repo.list_generations(session)]
+
+
+@router.get(
+    "/{name_or_id}",
+    summary="One boundary generation",
+    response_model=GenerationOut,
+    responses=error_responses(404),
+)
+def read_generation(name_or_id: NameOrId, session: SessionDep) -> GenerationOut:
+    """A generation by name or id; `active` names the active one."""
+    return GenerationOut.model_validate(repo.get_generation(session, name_or_id))
+
+
+@router.post(
+    "/{name_or_id}/activate",
+    summary="Switch a generation on",
+    response_model=GenerationOut,
+    responses=error_responses(404, 409),
+)
+def activate_generation(name_or_id: NameOrId, session: SessionDep) -> GenerationOut:
+    """Make a staged (or retired) generation the active one and retire the one that was.
+
+    Lookups and new cases use the active generation from then on; cases already
+    filed keep the generation and grid they were routed under. A generation
+    without grids cannot be switched on (409).
+    """
+    generation = repo.activate_generation(session, repo.get_generation(session, name_or_id))
+    session.commit()
+    return GenerationOut.model_validate(generation)
