@@ -15,6 +15,7 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
+from fastapi_offline import FastAPIOffline
 
 from api.errors import register_error_handlers
 from api.routers import (
@@ -132,7 +133,9 @@ def _openapi_with_400(app: FastAPI) -> dict[str, Any]:
 def create_app(settings: Settings | None = None) -> FastAPI:
     """A wangge app on the store the settings name (environment settings by default)."""
     settings = settings or Settings()
-    app = FastAPI(
+    # FastAPIOffline serves Swagger UI's JavaScript and CSS itself: many government
+    # networks have no internet, and the stock /docs page loads them from a CDN.
+    app = FastAPIOffline(
         title="wangge",
         version=_version(),
         description=DESCRIPTION,

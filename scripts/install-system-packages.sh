@@ -6,7 +6,7 @@ set -euo pipefail
 
 packages=(postgresql-15-postgis-3 postgresql-client-15 libsqlite3-mod-spatialite)
 if [ "${WANGGE_SKIP_CHROMIUM:-0}" != "1" ]; then
-  packages+=(chromium chromium-driver)
+  packages+=(chromium chromium-driver fonts-noto-cjk)
 fi
 
 missing=()

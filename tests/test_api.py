@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from collections.abc import Iterator
 from urllib.parse import parse_qs, urlsplit
 
@@ -210,7 +211,12 @@ def test_index_health_docs_and_openapi(api):
     index = api.get("/").json()
     assert {x["rel"] for x in index["links"]} >= {"service-doc", "service-desc", "api"}
     assert api.get("/healthz").json() == {"status": "ok"}
-    assert api.get("/docs").status_code == 200
+    docs = api.get("/docs")
+    assert docs.status_code == 200
+    # The docs page works offline: every script and stylesheet is served by wangge.
+    assets = re.findall(r'(?:src|href)="([^"]+)"', docs.text)
+    assert assets and all(a.startswith("/") for a in assets), assets
+    assert all(api.get(a).status_code == 200 for a in assets)
     spec = api.get("/openapi.json").json()
     assert spec["info"]["title"] == "wangge" and spec["info"]["description"]
     assert set(spec["paths"]) >= {
