@@ -19,7 +19,7 @@ def read_index(request: Request) -> dict[str, Any]:
         "links": [
             {
                 "rel": "service-doc",
-                "href": str(request.url_for("swagger_ui_html")),
+                "href": str(request.url_for("custom_swagger_ui_html")),
                 "title": "API documentation",
             },
             {
