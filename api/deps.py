@@ -11,11 +11,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends, Query, Request
+from fastapi import Depends, Header, Query, Request
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.errors import invalid_parameter
 from api.settings import Settings
+from gis.cases import ROLES, Actor
 
 DEFAULT_PAGE_SIZE = 100
 
@@ -112,3 +113,45 @@ def get_bbox(
 
 
 BBoxDep = Annotated[BBox | None, Depends(get_bbox)]
+
+
+# People who may act over HTTP; "system" is the scheduler's own role.
+HTTP_ROLES = tuple(r for r in ROLES if r != "system")
+
+
+def get_actor(
+    request: Request,
+    x_wangge_role: Annotated[
+        str | None,
+        Header(description=f"stand-in for auth: the caller's role, one of {', '.join(HTTP_ROLES)}"),
+    ] = None,
+    x_wangge_user: Annotated[
+        str | None, Header(description="stand-in for auth: the caller's name (a worker's code)")
+    ] = None,
+) -> Actor:
+    """Who is calling, from the X-Wangge-Role and X-Wangge-User headers (default: resident).
+
+    A stand-in until the auth issue lands: headers prove nothing, and this dependency
+    is the one place to replace with signed tokens. A worker's grids are looked up so
+    steps on cases in those grids are allowed.
+    """
+    role = (x_wangge_role or "resident").strip().lower()
+    if role not in HTTP_ROLES:
+        raise invalid_parameter(
+            "X-Wangge-Role",
+            f"must be one of {', '.join(HTTP_ROLES)}",
+            location="header",
+            value=x_wangge_role,
+        )
+    name = (x_wangge_user or "").strip()
+    grids: tuple[str, ...] = ()
+    if role == "worker" and name:
+        from gis.db.cases_repo import worker_grid_codes
+
+        # Its own short session: the handler's session must stay fresh for its `begin()`.
+        with request.app.state.sessions() as session:
+            grids = worker_grid_codes(session, name)
+    return Actor(role=role, name=name, grid_codes=grids)
+
+
+ActorDep = Annotated[Actor, Depends(get_actor)]

@@ -20,6 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from gis.errors import (
     Conflict,
     CRSMismatch,
+    Forbidden,
     ImportRejected,
     InfeasiblePlan,
     InvalidGeometry,
@@ -40,6 +41,7 @@ class UploadTooLarge(WanggeError):
 #: the client sent a file it must fix, and `problems` says where.
 STATUS: dict[type[WanggeError], int] = {
     NotFound: 404,
+    Forbidden: 403,
     ImportRejected: 400,
     InvalidGeometry: 400,
     CRSMismatch: 400,

@@ -136,6 +136,7 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI `responses` entries for the error statuses a route can answer."""
     descriptions = {
         400: "invalid parameter or input",
+        403: "the caller's role may not do this",
         404: "not found",
         409: "conflicts with the stored state",
         413: "upload too large",

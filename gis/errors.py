@@ -46,6 +46,10 @@ class ImportRejected(InvalidInput):
         self.problems = problems
 
 
+class Forbidden(WanggeError):
+    """The caller's role may not do this (a case step that belongs to someone else)."""
+
+
 class Conflict(WanggeError):
     """The request clashes with the stored state (a duplicate code, an illegal step)."""
 

@@ -1,0 +1,869 @@
+"""Case SQL: intake with online routing, queries, workflow steps, escalation and re-routing.
+
+The rules live in `gis.cases` (pure); this module loads a case, asks the rules what a
+step may do, and records it with an event. Callers own the transaction
+(`with session.begin():`), so intake and each step are all or nothing.
+
+Routing online and in bulk follow one rule set (see `gis.routing`): covered by one
+grid → ``inside``; by several (a shared edge or vertex) → the lowest code,
+``edge_rule``; by none but within `near_outside_m` → the nearest grid,
+``near_outside``; farther → no grid, ``unrouted`` (a dispatcher's queue; never dropped).
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import numpy as np
+import sqlalchemy as sa
+from sqlalchemy.orm import Session, aliased
+
+from gis import cases as rules
+from gis.cases import Actor
+from gis.db import repo
+from gis.db.models import Area, Case, CaseEvent, Category, Generation, Worker, WorkerGrid
+from gis.domain import CASE_SOURCES
+from gis.errors import InvalidInput, NotFound
+
+EARTH_RADIUS_M = 6_371_008.8
+# Statuses whose worker follows the grid when a re-route moves the case: nobody has
+# taken it in hand yet.
+_UNCLAIMED = ("reported", "returned")
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    """Aware UTC datetimes in and out: SpatiaLite hands back naive (UTC) wall clocks."""
+    if value is None:
+        return None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _now(now: datetime | None) -> datetime:
+    return _utc(now) if now is not None else datetime.now(UTC)
+
+
+def _iso(value: datetime | None) -> str | None:
+    value = _utc(value)
+    return value.isoformat() if value else None
+
+
+# ------------------------------------------------------------------- routing
+
+
+def area_chain(session: Session, generation_id: int, grid_code: str) -> dict[str, str | None]:
+    """level -> code for the grid and every area above it in one generation."""
+    chain: dict[str, str | None] = {"grid": None, "community": None, "street": None}
+    code: str | None = grid_code
+    while code:
+        row = session.execute(
+            sa.select(Area.level, Area.parent_code).where(
+                Area.generation_id == generation_id, Area.code == code
+            )
+        ).first()
+        if row is None:
+            break
+        chain[row.level] = code
+        code = row.parent_code
+    return chain
+
+
+def route_point(
+    session: Session,
+    lon: float,
+    lat: float,
+    generation: Generation,
+    near_outside_m: float = rules.NEAR_OUTSIDE_M,
+) -> tuple[str | None, str]:
+    """(grid code, flag) for one point by the rules in the module doc, via indexed SQL."""
+    located = repo.locate(session, lon, lat, generation)
+    if located.grid_code is not None:
+        return located.grid_code, "edge_rule" if located.on_boundary_of else "inside"
+    nearest = located.nearest_grid
+    if nearest is not None and nearest["distance_m"] <= near_outside_m:
+        return nearest["code"], "near_outside"
+    return None, "unrouted"
+
+
+def grid_worker(session: Session, grid_code: str | None) -> Worker | None:
+    """The active worker owning a grid (lowest code if several share it)."""
+    if grid_code is None:
+        return None
+    return session.scalars(
+        sa.select(Worker)
+        .join(WorkerGrid, WorkerGrid.worker_id == Worker.id)
+        .where(WorkerGrid.grid_code == grid_code, Worker.active.is_(True))
+        .order_by(Worker.code)
+        .limit(1)
+    ).first()
+
+
+def worker_grid_codes(session: Session, worker_code: str) -> tuple[str, ...]:
+    """The grids an active worker owns (empty if there is no such worker)."""
+    return tuple(
+        session.scalars(
+            sa.select(WorkerGrid.grid_code)
+            .join(Worker, Worker.id == WorkerGrid.worker_id)
+            .where(Worker.code == worker_code, Worker.active.is_(True))
+            .order_by(WorkerGrid.grid_code)
+        )
+    )
+
+
+def case_chain(session: Session, case: dict[str, Any]) -> list[dict[str, str]]:
+    """District → street → community → grid (code, name) a case was routed to."""
+    if not case.get("grid_code") or case.get("generation_id") is None:
+        return []
+    chain = []
+    code: str | None = case["grid_code"]
+    while code:
+        row = session.execute(
+            sa.select(Area.level, Area.code, Area.name, Area.parent_code).where(
+                Area.generation_id == case["generation_id"], Area.code == code
+            )
+        ).first()
+        if row is None:
+            break
+        chain.append({"level": row.level, "code": row.code, "name": row.name})
+        code = row.parent_code
+    return chain[::-1]
+
+
+# -------------------------------------------------------------------- intake
+
+
+def _check_intake(session: Session, category_code, lon, lat, description, source) -> Category:
+    """Every intake check, before anything is written; errors name the field."""
+    for name, value, top in (("lon", lon, 180), ("lat", lat, 90)):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise InvalidInput(f"{name} must be a number", field=name)
+        if not math.isfinite(value) or not -top <= value <= top:
+            raise InvalidInput(f"{name} must be a number from {-top} to {top}", field=name)
+    if description is not None and len(description) > rules.DESCRIPTION_MAX:
+        raise InvalidInput(
+            f"description must be at most {rules.DESCRIPTION_MAX} characters "
+            f"(got {len(description)})",
+            field="description",
+        )
+    if source not in CASE_SOURCES:
+        raise InvalidInput(
+            f"source must be one of {', '.join(CASE_SOURCES)} (got {source!r})", field="source"
+        )
+    category = session.get(Category, str(category_code)) if category_code else None
+    if category is None or category.level != "subclass":
+        raise InvalidInput(
+            f"unknown category {category_code!r}: use a subclass code from /api/v1/categories",
+            field="category",
+        )
+    return category
+
+
+def create_case(
+    session: Session,
+    *,
+    category_code: str,
+    lon: float,
+    lat: float,
+    description: str | None,
+    source: str,
+    reporter_name: str | None = None,
+    reporter_phone: str | None = None,
+    reporter_email: str | None = None,
+    photo_url: str | None = None,
+    actor: Actor | None = None,
+    now: datetime | None = None,
+    near_outside_m: float = rules.NEAR_OUTSIDE_M,
+    duplicate_radius_m: float = rules.DUPLICATE_RADIUS_M,
+    duplicate_window_days: float = rules.DUPLICATE_WINDOW_DAYS,
+) -> dict[str, Any]:
+    """File a case at a point (EPSG:4326): route it, assign the worker, set the deadline.
+
+    Returns the case dict plus `possible_duplicates` (open cases of the same category
+    nearby and recent) so a resident can follow one of those instead.
+    """
+    now = _now(now)
+    category = _check_intake(session, category_code, lon, lat, description, source)
+    generation = repo.require_active_generation(session)
+    grid_code, flag = route_point(session, lon, lat, generation, near_outside_m)
+    chain = area_chain(session, generation.id, grid_code) if grid_code else {}
+    worker = grid_worker(session, grid_code)
+    duplicates = find_duplicates(
+        session,
+        category_code=category.code,
+        lon=lon,
+        lat=lat,
+        now=now,
+        radius_m=duplicate_radius_m,
+        window_days=duplicate_window_days,
+    )
+    case = Case(
+        # A placeholder until the id is known; the public code is derived from the id.
+        code=f"new-{uuid.uuid4().hex}",
+        category_code=category.code,
+        description=description,
+        source=source,
+        reporter_name=reporter_name,
+        reporter_phone=reporter_phone,
+        reporter_email=reporter_email,
+        photo_url=photo_url,
+        status="reported",
+        grid_code=grid_code,
+        community_code=chain.get("community"),
+        street_code=chain.get("street"),
+        generation_id=generation.id,
+        route_flag=flag,
+        worker_id=worker.id if worker else None,
+        escalation_level=0,
+        reported_at=now,
+        deadline_at=rules.deadline_after(now, category.deadline_h),
+        updated_at=now,
+        geom=repo._geom_from_wkt(f"POINT({float(lon)!r} {float(lat)!r})"),
+    )
+    session.add(case)
+    session.flush()
+    case.code = f"C{now:%Y%m%d}-{case.id:06d}"
+    note = {
+        "inside": f"routed to grid {grid_code}",
+        "edge_rule": f"on a shared boundary: routed to the lowest-coded grid {grid_code}",
+        "near_outside": f"outside every grid: routed to the nearest grid {grid_code}",
+        "unrouted": "outside every grid and too far from any: waiting for a dispatcher",
+    }[flag]
+    actor_label = actor.label if actor else source
+    session.add(
+        CaseEvent(
+            case_id=case.id,
+            at=now,
+            actor=actor_label,
+            action="report",
+            from_status=None,
+            to_status="reported",
+            note=note,
+        )
+    )
+    session.flush()
+    out = get_case(session, case.id)
+    out["possible_duplicates"] = duplicates
+    return out
+
+
+def _haversine_m(lon1, lat1, lon2, lat2):
+    lon1, lat1, lon2, lat2 = map(np.radians, (lon1, lat1, lon2, lat2))
+    a = (
+        np.sin((lat2 - lat1) / 2) ** 2
+        + np.cos(lat1) * np.cos(lat2) * np.sin((lon2 - lon1) / 2) ** 2
+    )
+    return 2 * EARTH_RADIUS_M * np.arcsin(np.sqrt(a))
+
+
+def find_duplicates(
+    session: Session,
+    *,
+    category_code: str,
+    lon: float,
+    lat: float,
+    now: datetime | None = None,
+    radius_m: float = rules.DUPLICATE_RADIUS_M,
+    window_days: float = rules.DUPLICATE_WINDOW_DAYS,
+    limit: int = rules.DUPLICATES_SHOWN,
+    exclude_id: int | None = None,
+) -> list[dict[str, Any]]:
+    """Open cases of one category within `radius_m` reported in the last `window_days`.
+
+    The spatial index narrows candidates to a box; the great-circle distance then
+    decides, so both stores answer the same. Nearest first.
+    """
+    now = _now(now)
+    dlat = radius_m / 111_000.0 * 1.1
+    dlon = dlat / max(math.cos(math.radians(lat)), 0.01)
+    box = (lon - dlon, lat - dlat, lon + dlon, lat + dlat)
+    table = Case.__table__
+    stmt = sa.select(
+        Case.id,
+        Case.code,
+        Case.status,
+        Case.reported_at,
+        Case.grid_code,
+        sa.func.ST_X(Case.geom),
+        sa.func.ST_Y(Case.geom),
+    ).where(
+        Case.category_code == category_code,
+        Case.status.in_(rules.OPEN_STATUSES),
+        Case.reported_at >= now - timedelta(days=window_days),
+        Case.reported_at <= now,
+        repo._spatial_candidates(session, table.c.geom, box),
+    )
+    if exclude_id is not None:
+        stmt = stmt.where(Case.id != exclude_id)
+    rows = session.execute(stmt).all()
+    if not rows:
+        return []
+    dist = _haversine_m(lon, lat, np.array([r[5] for r in rows]), np.array([r[6] for r in rows]))
+    found = [
+        {
+            "id": r.id,
+            "code": r.code,
+            "status": r.status,
+            "grid_code": r.grid_code,
+            "reported_at": _iso(r.reported_at),
+            "distance_m": round(float(d), 1),
+        }
+        for r, d in zip(rows, dist, strict=True)
+        if d <= radius_m
+    ]
+    found.sort(key=lambda f: (f["distance_m"], f["id"]))
+    return found[:limit]
+
+
+# ------------------------------------------------------------------- queries
+
+
+_Duplicate = aliased(Case)
+
+
+def _case_select() -> sa.Select:
+    return (
+        sa.select(
+            Case,
+            sa.func.ST_X(Case.geom).label("lon"),
+            sa.func.ST_Y(Case.geom).label("lat"),
+            Category.name.label("category_name"),
+            Category.department.label("department"),
+            Worker.code.label("worker_code"),
+            Worker.name.label("worker_name"),
+            _Duplicate.code.label("duplicate_code"),
+        )
+        .join(Category, Category.code == Case.category_code)
+        .outerjoin(Worker, Worker.id == Case.worker_id)
+        .outerjoin(_Duplicate, _Duplicate.id == Case.duplicate_of_id)
+    )
+
+
+def case_to_dict(row) -> dict[str, Any]:
+    """One row of `_case_select` as the case dict every front door starts from."""
+    case: Case = row.Case
+    return {
+        "id": case.id,
+        "code": case.code,
+        "category_code": case.category_code,
+        "category_name": row.category_name,
+        "department": row.department,
+        "description": case.description,
+        "source": case.source,
+        "status": case.status,
+        "status_note": case.status_note,
+        "grid_code": case.grid_code,
+        "community_code": case.community_code,
+        "street_code": case.street_code,
+        "generation_id": case.generation_id,
+        "route_flag": case.route_flag,
+        "worker_code": row.worker_code,
+        "worker_name": row.worker_name,
+        "escalation_level": case.escalation_level,
+        "escalated_to": case.escalated_to,
+        "deadline_at": _iso(case.deadline_at),
+        "reported_at": _iso(case.reported_at),
+        "resolved_at": _iso(case.resolved_at),
+        "closed_at": _iso(case.closed_at),
+        "updated_at": _iso(case.updated_at),
+        "rating": case.rating,
+        "duplicate_of": row.duplicate_code,
+        "lon": round(float(row.lon), 7),
+        "lat": round(float(row.lat), 7),
+        "photo_url": case.photo_url,
+        "reporter_name": case.reporter_name,
+        "reporter_phone": case.reporter_phone,
+        "reporter_email": case.reporter_email,
+    }
+
+
+def _find_case(session: Session, ref: int | str, *, lock: bool = False) -> Case:
+    """A case by id or code. An all-digit string is tried as an id, then as a code."""
+    stmt = sa.select(Case)
+    if lock:
+        # Serialise concurrent steps on one case (PostGIS; SQLite locks the whole file).
+        stmt = stmt.with_for_update()
+    case = None
+    if isinstance(ref, int) or (isinstance(ref, str) and ref.isdigit()):
+        case = session.scalars(stmt.where(Case.id == int(ref))).first()
+    if case is None and not isinstance(ref, int):
+        case = session.scalars(stmt.where(Case.code == str(ref))).first()
+    if case is None:
+        raise NotFound(f"no case {ref!r}", case=str(ref))
+    return case
+
+
+def get_case(session: Session, ref: int | str) -> dict[str, Any]:
+    """One case by id or code; NotFound if there is none."""
+    case = _find_case(session, ref)
+    row = session.execute(_case_select().where(Case.id == case.id)).one()
+    return case_to_dict(row)
+
+
+def _filters(
+    session: Session,
+    *,
+    grid_code=None,
+    community_code=None,
+    street_code=None,
+    status=None,
+    statuses=None,
+    category_code=None,
+    since=None,
+    until=None,
+    bbox=None,
+    overdue=None,
+    codes=None,
+    route_flag=None,
+    now=None,
+) -> list:
+    where = []
+    for column, value in (
+        (Case.grid_code, grid_code),
+        (Case.community_code, community_code),
+        (Case.street_code, street_code),
+        (Case.status, status),
+        (Case.category_code, category_code),
+        (Case.route_flag, route_flag),
+    ):
+        if value is not None:
+            where.append(column == value)
+    if statuses is not None:
+        where.append(Case.status.in_(list(statuses)))
+    if codes is not None:
+        where.append(Case.code.in_(list(codes)))
+    if since is not None:
+        where.append(Case.reported_at >= _utc(since))
+    if until is not None:
+        where.append(Case.reported_at < _utc(until))
+    if bbox is not None:
+        where.append(repo._bbox_filter(session, Case.__table__.c.geom, bbox))
+    if overdue is not None:
+        late = sa.and_(
+            Case.status.in_(rules.OPEN_STATUSES),
+            Case.deadline_at.is_not(None),
+            Case.deadline_at < _now(now),
+        )
+        where.append(late if overdue else sa.not_(late))
+    return where
+
+
+def list_cases(
+    session: Session,
+    *,
+    grid_code: str | None = None,
+    community_code: str | None = None,
+    street_code: str | None = None,
+    status: str | None = None,
+    statuses=None,
+    category_code: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    bbox: tuple[float, float, float, float] | None = None,
+    overdue: bool | None = None,
+    codes=None,
+    route_flag: str | None = None,
+    limit: int | None = 100,
+    offset: int = 0,
+    now: datetime | None = None,
+) -> tuple[list[dict[str, Any]], int]:
+    """Cases matching every filter given, newest first, with the total before paging.
+
+    `since` is inclusive and `until` exclusive, both on the time reported; `overdue`
+    means past the deadline and still open (see `gis.cases.OPEN_STATUSES`);
+    `route_flag='unrouted'` is the dispatcher's queue of cases outside every grid.
+    """
+    where = _filters(
+        session,
+        grid_code=grid_code,
+        community_code=community_code,
+        street_code=street_code,
+        status=status,
+        statuses=statuses,
+        category_code=category_code,
+        since=since,
+        until=until,
+        bbox=bbox,
+        overdue=overdue,
+        codes=codes,
+        route_flag=route_flag,
+        now=now,
+    )
+    total = session.scalar(sa.select(sa.func.count()).select_from(Case).where(*where))
+    stmt = (
+        _case_select()
+        .where(*where)
+        .order_by(Case.reported_at.desc(), Case.id.desc())
+        .offset(offset)
+    )
+    if limit is not None:
+        stmt = stmt.limit(limit)
+    return [case_to_dict(r) for r in session.execute(stmt)], total
+
+
+def case_history(session: Session, case_id: int | str) -> list[dict[str, Any]]:
+    """A case's events in the order they happened: who, when, from, to, note."""
+    case = _find_case(session, case_id)
+    events = session.scalars(
+        sa.select(CaseEvent).where(CaseEvent.case_id == case.id).order_by(CaseEvent.id)
+    )
+    return [
+        {
+            "at": _iso(e.at),
+            "actor": e.actor,
+            "action": e.action,
+            "from_status": e.from_status,
+            "to_status": e.to_status,
+            "note": e.note,
+        }
+        for e in events
+    ]
+
+
+STAT_LEVELS = {
+    # level -> (the case column counted by, the column its parent code filters)
+    "grid": ("grid_code", "community_code"),
+    "community": ("community_code", "street_code"),
+    "street": ("street_code", None),
+}
+
+
+def case_stats(
+    session: Session, *, level: str = "grid", parent: str | None = None
+) -> list[dict[str, Any]]:
+    """Per area of a level: case counts in total, by status and by category.
+
+    `parent` keeps the areas under one community (level grid) or street (level
+    community). Cases with no area at that level (unrouted) count under code None.
+    """
+    if level not in STAT_LEVELS:
+        raise InvalidInput(
+            f"level must be one of {', '.join(STAT_LEVELS)} (got {level!r})", field="level"
+        )
+    column_name, parent_name = STAT_LEVELS[level]
+    column = Case.__table__.c[column_name]
+    where = []
+    if parent is not None:
+        if parent_name is None:
+            where.append(column.like(f"{parent}%"))  # street codes start with the district's
+        else:
+            where.append(Case.__table__.c[parent_name] == parent)
+    rows = session.execute(
+        sa.select(column, Case.status, Case.category_code, sa.func.count())
+        .where(*where)
+        .group_by(column, Case.status, Case.category_code)
+    ).all()
+    out: dict[str | None, dict[str, Any]] = {}
+    for code, status, category, n in rows:
+        entry = out.setdefault(
+            code, {"code": code, "total": 0, "by_status": Counter(), "by_category": Counter()}
+        )
+        entry["total"] += n
+        entry["by_status"][status] += n
+        entry["by_category"][category] += n
+    result = sorted(out.values(), key=lambda e: (e["code"] is None, e["code"] or ""))
+    for entry in result:
+        entry["by_status"] = dict(sorted(entry["by_status"].items()))
+        entry["by_category"] = dict(sorted(entry["by_category"].items()))
+    return result
+
+
+# ------------------------------------------------------------------ workflow
+
+
+def transition(
+    session: Session,
+    ref: int | str,
+    action: str,
+    actor: Actor,
+    *,
+    note: str | None = None,
+    worker_code: str | None = None,
+    rating: int | None = None,
+    duplicate_of: int | str | None = None,
+    reason: str | None = None,
+    now: datetime | None = None,
+) -> dict[str, Any]:
+    """Take one workflow step on a case and record it as an event.
+
+    Raises IllegalTransition (409, with the allowed actions) when the step does not
+    apply to the case's status, Forbidden (403) when the actor's role may not take it,
+    and InvalidInput naming the field when a step's parameter is missing or wrong.
+    """
+    case = _find_case(session, ref, lock=True)
+    _apply(
+        session,
+        case,
+        action,
+        actor,
+        now=_now(now),
+        note=note,
+        worker_code=worker_code,
+        rating=rating,
+        duplicate_of=duplicate_of,
+        reason=reason,
+    )
+    session.flush()
+    return get_case(session, case.id)
+
+
+def allowed_actions(session: Session, ref: int | str) -> list[str]:
+    case = _find_case(session, ref)
+    return rules.allowed_actions(case.status, case.escalation_level)
+
+
+def _apply(
+    session: Session,
+    case: Case,
+    action: str,
+    actor: Actor,
+    *,
+    now: datetime,
+    note: str | None = None,
+    worker_code: str | None = None,
+    rating: int | None = None,
+    duplicate_of: int | str | None = None,
+    reason: str | None = None,
+) -> None:
+    current = session.get(Worker, case.worker_id) if case.worker_id else None
+    target = rules.check_transition(
+        action,
+        case.status,
+        case.escalation_level,
+        actor,
+        worker_code=current.code if current else None,
+        grid_code=case.grid_code,
+    )
+    details: list[str] = []
+    if action == "dispatch":
+        worker = current
+        if worker_code is not None:
+            worker = session.scalars(sa.select(Worker).where(Worker.code == worker_code)).first()
+            if worker is None or not worker.active:
+                raise InvalidInput(f"no active worker {worker_code!r}", field="worker_code")
+        if worker is None:
+            raise InvalidInput(
+                "worker_code is required: the case's grid has no worker", field="worker_code"
+            )
+        case.worker_id = worker.id
+        details.append(f"to worker {worker.code}")
+    elif action == "evaluate":
+        case.rating = rules.check_rating(rating)
+        details.append(f"rating {rating}")
+    elif action == "duplicate":
+        if duplicate_of is None:
+            raise InvalidInput(
+                "duplicate_of is required: the case this one repeats", field="duplicate_of"
+            )
+        try:
+            original = _find_case(session, duplicate_of)
+        except NotFound as exc:
+            raise InvalidInput(f"no case {duplicate_of!r}", field="duplicate_of") from exc
+        if original.id == case.id:
+            raise InvalidInput("a case cannot duplicate itself", field="duplicate_of")
+        case.duplicate_of_id = original.id
+        case.closed_at = now
+        details.append(f"duplicate of {original.code}")
+    elif action == "reject":
+        if not (reason and reason.strip()):
+            raise InvalidInput("reason is required to reject a case", field="reason")
+        case.closed_at = now
+        details.append(f"reason: {reason.strip()}")
+    elif action == "escalate":
+        _escalate(session, case, now)
+        level = rules.ESCALATION_LEVELS[case.escalation_level]
+        details.append(f"to {level} {case.escalated_to}" if case.escalated_to else f"to {level}")
+    elif action == "resolve":
+        case.resolved_at = now
+    elif action == "close":
+        case.closed_at = now
+    from_status = case.status
+    case.status = target
+    case.updated_at = now
+    case.status_note = (reason or note or case.status_note) if action != "dispatch" else note
+    text = "; ".join([*details, *([note] if note else [])]) or None
+    session.add(
+        CaseEvent(
+            case_id=case.id,
+            at=now,
+            actor=actor.label,
+            action=action,
+            from_status=from_status,
+            to_status=target,
+            note=text,
+        )
+    )
+
+
+def _escalate(session: Session, case: Case, now: datetime) -> None:
+    """One level up, with a fresh deadline for that level (the category's hours again)."""
+    category = session.get(Category, case.category_code)
+    case.escalation_level += 1
+    case.escalated_to = rules.escalation_target(
+        case.escalation_level,
+        case.community_code,
+        case.street_code,
+        category.department if category else None,
+    )
+    case.escalated_for = case.deadline_at
+    case.deadline_at = rules.deadline_after(now, category.deadline_h if category else None)
+
+
+def escalate_overdue(session: Session, *, now: datetime | None = None) -> list[dict[str, Any]]:
+    """Escalate every overdue open case one level (the cron job); returns what moved.
+
+    Idempotent: a case is escalated once per deadline and gets a fresh one, so a
+    second run at the same moment finds nothing to do.
+    """
+    now = _now(now)
+    candidates = session.scalars(
+        sa.select(Case)
+        .where(
+            Case.status.in_(rules.OPEN_STATUSES),
+            Case.deadline_at.is_not(None),
+            Case.deadline_at < now,
+            Case.escalation_level < rules.TOP_LEVEL,
+            sa.or_(Case.escalated_for.is_(None), Case.escalated_for != Case.deadline_at),
+        )
+        .order_by(Case.id)
+        .with_for_update()
+    ).all()
+    moved = []
+    for case in candidates:
+        # The SQL filter and the pure rule must agree; the rule has the last word.
+        if not rules.needs_escalation(
+            case.status,
+            case.escalation_level,
+            _utc(case.deadline_at),
+            _utc(case.escalated_for),
+            now,
+        ):
+            continue
+        overdue_since = _iso(case.deadline_at)
+        _apply(session, case, "escalate", rules.SYSTEM, now=now, note="overdue")
+        moved.append(
+            {
+                "code": case.code,
+                "level": rules.ESCALATION_LEVELS[case.escalation_level],
+                "escalated_to": case.escalated_to,
+                "overdue_since": overdue_since,
+                "deadline_at": _iso(case.deadline_at),
+            }
+        )
+    session.flush()
+    return moved
+
+
+# ------------------------------------------------------------------- reroute
+
+
+def reroute(
+    session: Session,
+    *,
+    dry_run: bool = True,
+    near_outside_m: float = rules.NEAR_OUTSIDE_M,
+    now: datetime | None = None,
+) -> dict[str, Any]:
+    """Re-route the stored open cases to the active generation's grids, in bulk.
+
+    Returns the moves as counts per (from grid, to grid). With `dry_run` nothing is
+    written; otherwise the same plan, computed in the caller's transaction, is written
+    there: grid, area chain, flag, generation, and (for cases nobody has taken yet)
+    the new grid's worker, plus a 'reroute' event per moved case.
+    """
+    from gis.routing import route_points
+
+    now = _now(now)
+    generation = repo.require_active_generation(session)
+    rows = session.execute(
+        sa.select(
+            Case.id,
+            Case.grid_code,
+            Case.status,
+            sa.func.ST_X(Case.geom),
+            sa.func.ST_Y(Case.geom),
+        )
+        .where(Case.status.in_(rules.OPEN_STATUSES))
+        .order_by(Case.id)
+        .with_for_update()
+    ).all()
+    grids, _ = repo.areas_gdf(session, generation.id, level="grid")
+    summary: dict[str, Any] = {"generation": generation.name, "open_cases": len(rows)}
+    if not rows:
+        return summary | {"moved": 0, "moves": [], "flags": {}, "dry_run": dry_run}
+    xy = np.array([(r[3], r[4]) for r in rows], dtype=float)
+    codes = grids["code"].to_numpy(dtype=object)
+    routed = route_points(xy, grids.geometry.values, codes, near_m=near_outside_m)
+    new_codes = [codes[i] if i >= 0 else None for i in routed.index]
+    moves = Counter(
+        (r.grid_code, new) for r, new in zip(rows, new_codes, strict=True) if r.grid_code != new
+    )
+    summary |= {
+        "moved": sum(moves.values()),
+        "moves": [
+            {"from": a, "to": b, "count": n}
+            for (a, b), n in sorted(moves.items(), key=lambda kv: (str(kv[0][0]), str(kv[0][1])))
+        ],
+        "flags": dict(sorted(Counter(str(f) for f in routed.flag).items())),
+        "dry_run": dry_run,
+    }
+    if dry_run:
+        return summary
+    parents = dict(zip(grids["code"], grids["parent_code"], strict=True))
+    community_parent = dict(
+        session.execute(
+            sa.select(Area.code, Area.parent_code).where(
+                Area.generation_id == generation.id, Area.level == "community"
+            )
+        ).all()
+    )
+    owners = {
+        code: worker.id
+        for code in {c for c in new_codes if c is not None}
+        if (worker := grid_worker(session, code)) is not None
+    }
+    updates, events = [], []
+    for r, new, flag in zip(rows, new_codes, routed.flag, strict=True):
+        community = parents.get(new) if new else None
+        update = {
+            "c_id": r.id,
+            "grid_code": new,
+            "community_code": community,
+            "street_code": community_parent.get(community) if community else None,
+            "route_flag": str(flag),
+            "generation_id": generation.id,
+        }
+        updates.append(update)
+        if r.grid_code != new:
+            events.append(
+                {
+                    "case_id": r.id,
+                    "at": now,
+                    "actor": rules.SYSTEM.role,
+                    "action": "reroute",
+                    "from_status": r.status,
+                    "to_status": r.status,
+                    "note": f"generation {generation.name}: grid {r.grid_code} → {new}",
+                }
+            )
+    table = Case.__table__
+    stmt = (
+        sa.update(table)
+        .where(table.c.id == sa.bindparam("c_id"))
+        .values({k: sa.bindparam(k) for k in updates[0] if k != "c_id"})
+    )
+    session.execute(stmt, updates)
+    # Cases nobody has taken yet follow their new grid's worker.
+    for r, new in zip(rows, new_codes, strict=True):
+        if r.status in _UNCLAIMED and r.grid_code != new:
+            session.execute(
+                sa.update(table)
+                .where(table.c.id == r.id)
+                .values(worker_id=owners.get(new), updated_at=now)
+            )
+    if events:
+        session.execute(sa.insert(CaseEvent.__table__), events)
+    session.flush()
+    return summary
