@@ -21,6 +21,8 @@ import pandas as pd
 import shapely
 from pyproj import Transformer
 
+from gis.domain import STATION_KINDS
+
 DISTRICT_CODE = "210199"
 DISTRICT_NAME = "示范区"
 CITY_NAME = "沈阳市"
@@ -42,16 +44,6 @@ CASE_PERIOD_START = pd.Timestamp("2025-11-01 00:00", tz="Asia/Shanghai")
 CASE_PERIOD_END = pd.Timestamp("2026-11-01 00:00", tz="Asia/Shanghai")
 HEATING_MONTHS = (11, 12, 1, 2, 3)  # Shenyang's heating season runs 1 November to 31 March
 
-STATION_KINDS: dict[str, str] = {
-    "neighbourhood": "近邻驿站",
-    "new_employment": "暖新驿站",
-    "convenience": "便民驿站",
-    "shared": "共享驿站",
-    "party_service": "党群服务中心",
-    "mediation": "评理议事厅",
-    "health": "健康驿站",
-}
-
 
 @dataclass(frozen=True)
 class DistrictSize:
@@ -67,12 +59,21 @@ class DistrictSize:
 
 
 SIZES: dict[str, DistrictSize] = {
-    "tiny": DistrictSize(rows=6, cols=6, n_streets=1, n_communities=2, n_cases=400,
-                         n_hotspots=2, corner_cut=0.2),
-    "small": DistrictSize(rows=14, cols=15, n_streets=3, n_communities=8, n_cases=4000,
-                          n_hotspots=6, corner_cut=0.25),
-    "city": DistrictSize(rows=101, cols=103, n_streets=12, n_communities=250, n_cases=300_000,
-                         n_hotspots=90, corner_cut=0.25),
+    "tiny": DistrictSize(
+        rows=6, cols=6, n_streets=1, n_communities=2, n_cases=400, n_hotspots=2, corner_cut=0.2
+    ),
+    "small": DistrictSize(
+        rows=14, cols=15, n_streets=3, n_communities=8, n_cases=4000, n_hotspots=6, corner_cut=0.25
+    ),
+    "city": DistrictSize(
+        rows=101,
+        cols=103,
+        n_streets=12,
+        n_communities=250,
+        n_cases=300_000,
+        n_hotspots=90,
+        corner_cut=0.25,
+    ),
 }
 
 
@@ -93,17 +94,49 @@ class DemoDistrict:
 # ---------------------------------------------------------------------------------------------
 # Auspicious characters common in Shenyang street and road names; two distinct characters
 # make a name stem ("长青街道", "兴华路").
-_NAME_CHARS = list("长青兴华和平安宁泰文光明建新胜利民丰富昌盛德福顺康永嘉乐云春惠景瑞祥秀翠"
-                   "北辰东陵南湖西塔松江龙山")
+_NAME_CHARS = list(
+    "长青兴华和平安宁泰文光明建新胜利民丰富昌盛德福顺康永嘉乐云春惠景瑞祥秀翠"
+    "北辰东陵南湖西塔松江龙山"
+)
 _COMMUNITY_SUFFIXES = list("园苑里湾庭城居府峰林泉桥台")
-_SURNAMES = list("王李张刘陈杨黄赵吴周徐孙马朱胡郭何高林罗郑梁谢宋唐许韩冯邓曹彭曾肖田董袁潘于"
-                 "蒋蔡余杜叶程苏魏吕丁任沈姚卢姜崔钟谭陆汪范金石廖贾夏韦付方白邹孟熊秦邱江尹"
-                 "薛闫段雷侯龙史陶黎贺顾毛郝龚邵万钱严武戴孔汤")
-_GIVEN_CHARS = list("伟芳娜敏静丽强磊军洋勇艳杰娟涛明超霞平刚桂红玉华建国志海鑫宇欣婷晨浩博佳颖雪"
-                    "梅琳鹏飞辉丹萍慧斌宁凯亮健波春雷晶燕玲峰成文东林丰淑秀兰凤英")
-_MOBILE_PREFIXES = ["130", "131", "132", "133", "135", "136", "137", "138", "139", "150", "151",
-                    "152", "153", "155", "156", "157", "158", "159", "180", "181", "182", "183",
-                    "185", "186", "187", "188", "189"]
+_SURNAMES = list(
+    "王李张刘陈杨黄赵吴周徐孙马朱胡郭何高林罗郑梁谢宋唐许韩冯邓曹彭曾肖田董袁潘于"
+    "蒋蔡余杜叶程苏魏吕丁任沈姚卢姜崔钟谭陆汪范金石廖贾夏韦付方白邹孟熊秦邱江尹"
+    "薛闫段雷侯龙史陶黎贺顾毛郝龚邵万钱严武戴孔汤"
+)
+_GIVEN_CHARS = list(
+    "伟芳娜敏静丽强磊军洋勇艳杰娟涛明超霞平刚桂红玉华建国志海鑫宇欣婷晨浩博佳颖雪"
+    "梅琳鹏飞辉丹萍慧斌宁凯亮健波春雷晶燕玲峰成文东林丰淑秀兰凤英"
+)
+_MOBILE_PREFIXES = [
+    "130",
+    "131",
+    "132",
+    "133",
+    "135",
+    "136",
+    "137",
+    "138",
+    "139",
+    "150",
+    "151",
+    "152",
+    "153",
+    "155",
+    "156",
+    "157",
+    "158",
+    "159",
+    "180",
+    "181",
+    "182",
+    "183",
+    "185",
+    "186",
+    "187",
+    "188",
+    "189",
+]
 _CN_ORDINALS = "一二三四五六七八九十"
 
 # ---------------------------------------------------------------------------------------------
@@ -115,12 +148,14 @@ _SLOT_ROWS = np.array([[4, 6], [5, 7], [2, 2], [3, 4]])
 _SLOT_COLS = np.array([[2, 3], [5, 7], [2, 3], [3, 5]])
 _SLOT_FILL_P = np.array([0.92, 0.75, 0.95, 0.8])
 # Building kinds: walkup, small_res, ancillary, bungalow, tower, mixed_use, commercial.
-_KIND_P = np.array([
-    [0.55, 0.15, 0.30, 0.00, 0.00, 0.00, 0.00],
-    [0.00, 0.05, 0.10, 0.85, 0.00, 0.00, 0.00],
-    [0.00, 0.00, 0.20, 0.00, 0.65, 0.00, 0.15],
-    [0.00, 0.00, 0.10, 0.00, 0.00, 0.35, 0.55],
-])
+_KIND_P = np.array(
+    [
+        [0.55, 0.15, 0.30, 0.00, 0.00, 0.00, 0.00],
+        [0.00, 0.05, 0.10, 0.85, 0.00, 0.00, 0.00],
+        [0.00, 0.00, 0.20, 0.00, 0.65, 0.00, 0.15],
+        [0.00, 0.00, 0.10, 0.00, 0.00, 0.35, 0.55],
+    ]
+)
 _MAIN_RESIDENTIAL_KIND = np.array([0, 3, 4, 5])  # forced into a cell that drew no housing
 _FLOORS = np.array([[5, 7], [2, 3], [1, 2], [1, 2], [11, 30], [4, 7], [1, 4]])
 _LENGTH_M = np.array([[0, 0], [10, 16], [6, 18], [8, 14], [22, 34], [20, 40], [15, 50]])
@@ -143,21 +178,39 @@ _STATION_SERVICES = {
     "health": ["血压测量", "血糖检测", "健康咨询", "家庭医生签约", "应急药箱"],
 }
 _STATION_HOURS = {
-    "neighbourhood": ["Mo-Fr 08:30-17:30; Sa 09:00-12:00", "Mo-Su 08:00-20:00",
-                      "Mo-Sa 08:30-18:00"],
-    "new_employment": ["Mo-Su 18:00-02:00", "24/7", "Mo-Su 07:00-23:00",
-                       "Mo-Fr 10:00-22:00; Sa-Su 09:00-23:30"],
+    "neighbourhood": [
+        "Mo-Fr 08:30-17:30; Sa 09:00-12:00",
+        "Mo-Su 08:00-20:00",
+        "Mo-Sa 08:30-18:00",
+    ],
+    "new_employment": [
+        "Mo-Su 18:00-02:00",
+        "24/7",
+        "Mo-Su 07:00-23:00",
+        "Mo-Fr 10:00-22:00; Sa-Su 09:00-23:30",
+    ],
     "convenience": ["Mo-Su 07:00-21:00", "Mo-Su 06:30-20:30", "24/7"],
     "shared": ["Mo-Fr 09:00-21:00; Sa-Su 09:00-18:00", "Mo-Su 08:00-22:00"],
-    "party_service": ["Mo-Fr 08:30-17:30", "Mo-Fr 08:30-17:30; Sa 09:00-12:00",
-                      "Mo-Fr 08:00-17:00; Sa-Su 09:00-11:30"],
-    "mediation": ["Mo-Fr 09:00-17:00", "Tu 14:00-17:00; Th 14:00-17:00",
-                  "Mo-We 09:00-16:00; Fr 09:00-12:00"],
+    "party_service": [
+        "Mo-Fr 08:30-17:30",
+        "Mo-Fr 08:30-17:30; Sa 09:00-12:00",
+        "Mo-Fr 08:00-17:00; Sa-Su 09:00-11:30",
+    ],
+    "mediation": [
+        "Mo-Fr 09:00-17:00",
+        "Tu 14:00-17:00; Th 14:00-17:00",
+        "Mo-We 09:00-16:00; Fr 09:00-12:00",
+    ],
     "health": ["Mo-Fr 08:00-16:30; Sa 08:00-11:30", "Mo-Sa 07:30-11:00", "Mo-Fr 08:00-17:00"],
 }
 _STATION_CAPACITY = {
-    "neighbourhood": (10, 40), "new_employment": (8, 30), "convenience": (5, 20),
-    "shared": (10, 60), "party_service": (50, 200), "mediation": (10, 30), "health": (5, 20),
+    "neighbourhood": (10, 40),
+    "new_employment": (8, 30),
+    "convenience": (5, 20),
+    "shared": (10, 60),
+    "party_service": (50, 200),
+    "mediation": (10, 30),
+    "health": (5, 20),
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -166,25 +219,112 @@ _STATION_CAPACITY = {
 _SOURCE_P = np.array([0.38, 0.42, 0.20])  # resident, worker, hotline
 # Relative weight of each weekday (Mo..Su) and each local hour, per source: workers patrol
 # office hours on weekdays; residents report more in the evening and at weekends.
-_WEEKDAY_W = np.array([
-    [0.95, 0.95, 0.95, 0.95, 1.00, 1.20, 1.20],
-    [1.00, 1.00, 1.00, 1.00, 1.00, 0.35, 0.30],
-    [1.00, 1.00, 1.00, 1.00, 1.00, 0.85, 0.85],
-])
-_HOUR_W = np.array([
-    [0.15, 0.08, 0.05, 0.04, 0.05, 0.10, 0.30, 0.70, 1.00, 1.20, 1.10, 0.90,
-     0.70, 0.80, 0.90, 0.90, 0.90, 0.90, 1.00, 1.20, 1.20, 1.00, 0.60, 0.30],
-    [0.00, 0.00, 0.00, 0.00, 0.00, 0.00, 0.00, 0.30, 1.00, 1.40, 1.30, 0.90,
-     0.40, 0.80, 1.20, 1.20, 1.00, 0.60, 0.20, 0.05, 0.00, 0.00, 0.00, 0.00],
-    [0.30, 0.20, 0.15, 0.10, 0.10, 0.15, 0.30, 0.60, 1.00, 1.10, 1.10, 1.00,
-     0.80, 0.90, 1.00, 1.00, 1.00, 0.90, 0.90, 1.00, 1.00, 0.90, 0.70, 0.50],
-])
+_WEEKDAY_W = np.array(
+    [
+        [0.95, 0.95, 0.95, 0.95, 1.00, 1.20, 1.20],
+        [1.00, 1.00, 1.00, 1.00, 1.00, 0.35, 0.30],
+        [1.00, 1.00, 1.00, 1.00, 1.00, 0.85, 0.85],
+    ]
+)
+_HOUR_W = np.array(
+    [
+        [
+            0.15,
+            0.08,
+            0.05,
+            0.04,
+            0.05,
+            0.10,
+            0.30,
+            0.70,
+            1.00,
+            1.20,
+            1.10,
+            0.90,
+            0.70,
+            0.80,
+            0.90,
+            0.90,
+            0.90,
+            0.90,
+            1.00,
+            1.20,
+            1.20,
+            1.00,
+            0.60,
+            0.30,
+        ],
+        [
+            0.00,
+            0.00,
+            0.00,
+            0.00,
+            0.00,
+            0.00,
+            0.00,
+            0.30,
+            1.00,
+            1.40,
+            1.30,
+            0.90,
+            0.40,
+            0.80,
+            1.20,
+            1.20,
+            1.00,
+            0.60,
+            0.20,
+            0.05,
+            0.00,
+            0.00,
+            0.00,
+            0.00,
+        ],
+        [
+            0.30,
+            0.20,
+            0.15,
+            0.10,
+            0.10,
+            0.15,
+            0.30,
+            0.60,
+            1.00,
+            1.10,
+            1.10,
+            1.00,
+            0.80,
+            0.90,
+            1.00,
+            1.00,
+            1.00,
+            0.90,
+            0.90,
+            1.00,
+            1.00,
+            0.90,
+            0.70,
+            0.50,
+        ],
+    ]
+)
 # Hand-set skew on top of a seeded log-normal base: a few subclasses dominate real case
 # lists (parking, rubbish, corridor clutter), a few are rare (dangerous buildings, begging).
 _SUBCLASS_SKEW = {
-    "0101": 3.0, "0201": 2.5, "0204": 2.0, "0205": 3.0, "0501": 2.5, "0702": 2.0,
-    "0901": 2.0, "0601": 2.0, "0703": 0.15, "0903": 0.2, "1203": 0.2, "1102": 0.3,
-    "0803": 0.6, "1001": 0.5,
+    "0101": 3.0,
+    "0201": 2.5,
+    "0204": 2.0,
+    "0205": 3.0,
+    "0501": 2.5,
+    "0702": 2.0,
+    "0901": 2.0,
+    "0601": 2.0,
+    "0703": 0.15,
+    "0903": 0.2,
+    "1203": 0.2,
+    "1102": 0.3,
+    "0803": 0.6,
+    "1001": 0.5,
 }
 # Anchors: 0 market hotspot, 1 residential (compound hotspot or housing), 2 public space.
 _ANCHOR_CLASS_SKEW = [
@@ -200,8 +340,11 @@ _SOURCE_CLASS_SKEW = [
 _HEATING_MONTH_SKEW = {11: 6.0, 12: 4.0, 1: 4.0, 2: 3.0, 3: 2.0}
 _SUMMER_SUBCLASS_SKEW = {"0402": 3.0, "0902": 1.8, "0901": 1.4, "0602": 1.5}
 _DESCRIPTION_TEMPLATES = [
-    ["居民反映{place}{name}，希望尽快处理", "{place}{name}，影响居民生活",
-     "有居民报告{place}{name}"],
+    [
+        "居民反映{place}{name}，希望尽快处理",
+        "{place}{name}，影响居民生活",
+        "有居民报告{place}{name}",
+    ],
     ["巡查发现{place}{name}", "网格员上报：{place}{name}，已拍照取证", "{place}{name}，需协调处理"],
     ["12345转办：市民反映{place}{name}", "热线工单：{place}{name}，请核实处置"],
 ]
@@ -233,8 +376,14 @@ def generate_district(size: str = "small", seed: int = 20261122) -> DemoDistrict
     stations_gdf = build_stations_gdf(lattice, blocks, partition, names, rng)
     workers_df = build_workers_df(partition, buildings_gdf, rng)
     cases_gdf = build_cases_gdf(lattice, blocks, buildings_gdf, partition, names, preset, rng)
-    return DemoDistrict(areas=areas_gdf, buildings=buildings_gdf, stations=stations_gdf,
-                        workers=workers_df, cases=cases_gdf, roads=roads_gdf)
+    return DemoDistrict(
+        areas=areas_gdf,
+        buildings=buildings_gdf,
+        stations=stations_gdf,
+        workers=workers_df,
+        cases=cases_gdf,
+        roads=roads_gdf,
+    )
 
 
 def load_categories() -> pd.DataFrame:
@@ -346,15 +495,27 @@ def build_lattice(preset: DistrictSize, rng: np.random.Generator) -> Lattice:
     col_idx = np.arange(cols)[None, :]
     active = (col_idx >= lo_col[:, None]) & (col_idx <= hi_col[:, None])
 
-    lattice = Lattice(rows, cols, u_edges, v_edges, node_u, node_v, np.empty((0, 2)),
-                      float(rotation_rad), active, lo_col, hi_col)
+    lattice = Lattice(
+        rows,
+        cols,
+        u_edges,
+        v_edges,
+        node_u,
+        node_v,
+        np.empty((0, 2)),
+        float(rotation_rad),
+        active,
+        lo_col,
+        hi_col,
+    )
     lon, lat = lattice.to_lonlat(node_u.ravel(), node_v.ravel())
     lattice.node_lonlat = np.column_stack([lon, lat])
     return lattice
 
 
-def _carve_corners(rows: int, cols: int, cut: float, rng: np.random.Generator
-                   ) -> tuple[np.ndarray, np.ndarray]:
+def _carve_corners(
+    rows: int, cols: int, cut: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     """Draw per-row active column ranges with a monotone staircase cut at each corner.
 
     The first active column is a max of a non-increasing and a non-decreasing profile (a
@@ -403,19 +564,35 @@ class Blocks:
         """Return the same blocks with the per-building arrays permuted by ``order``."""
         per_building = {
             name: getattr(self, name)[order]
-            for name in ("cell_r", "cell_c", "slot_i", "slot_j", "kind", "floors", "capacity",
-                         "center_u_m", "center_v_m", "corners_u_m", "corners_v_m")
+            for name in (
+                "cell_r",
+                "cell_c",
+                "slot_i",
+                "slot_j",
+                "kind",
+                "floors",
+                "capacity",
+                "center_u_m",
+                "center_v_m",
+                "corners_u_m",
+                "corners_v_m",
+            )
         }
-        return Blocks(cell_type=self.cell_type, inner_box_m=self.inner_box_m,
-                      cell_capacity=self.cell_capacity, **per_building)
+        return Blocks(
+            cell_type=self.cell_type,
+            inner_box_m=self.inner_box_m,
+            cell_capacity=self.cell_capacity,
+            **per_building,
+        )
 
 
 def sort_buildings(blocks: Blocks, partition: Partition) -> Blocks:
     """Order buildings by community, then block row, block column and slot, which numbers
     them roughly north-west to south-east inside each community."""
     comm = partition.grid_community[partition.grid_of_cell[blocks.cell_r, blocks.cell_c]]
-    return blocks.take(np.lexsort((blocks.slot_j, blocks.slot_i, blocks.cell_c, blocks.cell_r,
-                                   comm)))
+    return blocks.take(
+        np.lexsort((blocks.slot_j, blocks.slot_i, blocks.cell_c, blocks.cell_r, comm))
+    )
 
 
 def plan_buildings(lattice: Lattice, rng: np.random.Generator) -> Blocks:
@@ -453,8 +630,9 @@ def plan_buildings(lattice: Lattice, rng: np.random.Generator) -> Blocks:
     slot_i, slot_j = slot_i[keep], slot_j[keep]
     n = len(keep)
 
-    floors = _FLOORS[kind, 0] + np.floor(rng.random(n) * (_FLOORS[kind, 1] - _FLOORS[kind, 0]
-                                                          + 1)).astype(np.int64)
+    floors = _FLOORS[kind, 0] + np.floor(
+        rng.random(n) * (_FLOORS[kind, 1] - _FLOORS[kind, 0] + 1)
+    ).astype(np.int64)
     # Most ancillary sheds and bungalows are single storey.
     low = np.isin(kind, [2, 3]) & (rng.random(n) < 0.85)
     floors[low] = 1
@@ -462,8 +640,13 @@ def plan_buildings(lattice: Lattice, rng: np.random.Generator) -> Blocks:
     units_draw = rng.random(n)
     capacity = np.select(
         [kind == 0, kind == 1, kind == 3, kind == 4, kind == 5],
-        [floors * entrances * 2, floors * (1 + (units_draw < 0.5)),
-         1 + np.floor(units_draw * 3).astype(np.int64), floors * 4, (floors - 1) * 2],
+        [
+            floors * entrances * 2,
+            floors * (1 + (units_draw < 0.5)),
+            1 + np.floor(units_draw * 3).astype(np.int64),
+            floors * 4,
+            (floors - 1) * 2,
+        ],
         0,
     ).astype(np.int64)
 
@@ -485,8 +668,10 @@ def plan_buildings(lattice: Lattice, rng: np.random.Generator) -> Blocks:
     cos, sin = np.abs(np.cos(angle)), np.abs(np.sin(angle))
     room_u = slot_w / 2 - _SLOT_MARGIN_M
     room_v = slot_h / 2 - _SLOT_MARGIN_M
-    scale = np.minimum(1.0, np.minimum(room_u / (half_a * cos + half_b * sin),
-                                       room_v / (half_a * sin + half_b * cos)))
+    scale = np.minimum(
+        1.0,
+        np.minimum(room_u / (half_a * cos + half_b * sin), room_v / (half_a * sin + half_b * cos)),
+    )
     half_a, half_b = half_a * scale, half_b * scale
     slack_u = room_u - (half_a * cos + half_b * sin)
     slack_v = room_v - (half_a * sin + half_b * cos)
@@ -501,8 +686,22 @@ def plan_buildings(lattice: Lattice, rng: np.random.Generator) -> Blocks:
 
     cell_capacity = np.zeros((rows, cols), dtype=np.int64)
     np.add.at(cell_capacity, (act_r[b_cell], act_c[b_cell]), capacity)
-    return Blocks(cell_type, inner, act_r[b_cell], act_c[b_cell], slot_i, slot_j, kind,
-                  floors, capacity, center_u, center_v, corners_u, corners_v, cell_capacity)
+    return Blocks(
+        cell_type,
+        inner,
+        act_r[b_cell],
+        act_c[b_cell],
+        slot_i,
+        slot_j,
+        kind,
+        floors,
+        capacity,
+        center_u,
+        center_v,
+        corners_u,
+        corners_v,
+        cell_capacity,
+    )
 
 
 def _draw_cell_types(lattice: Lattice, rng: np.random.Generator) -> np.ndarray:
@@ -524,8 +723,13 @@ def _draw_cell_types(lattice: Lattice, rng: np.random.Generator) -> np.ndarray:
 def _blur(field: np.ndarray, passes: int) -> np.ndarray:
     for _ in range(passes):
         padded = np.pad(field, 1, mode="edge")
-        field = (padded[1:-1, 1:-1] * 2 + padded[:-2, 1:-1] + padded[2:, 1:-1]
-                 + padded[1:-1, :-2] + padded[1:-1, 2:]) / 6
+        field = (
+            padded[1:-1, 1:-1] * 2
+            + padded[:-2, 1:-1]
+            + padded[2:, 1:-1]
+            + padded[1:-1, :-2]
+            + padded[1:-1, 2:]
+        ) / 6
     return field
 
 
@@ -668,8 +872,9 @@ def _polygons_for_boxes(lattice: Lattice, boxes: list[Box]) -> np.ndarray:
     return shapely.polygons(shapely.linearrings(coords, indices=indices))
 
 
-def partition_district(lattice: Lattice, blocks: Blocks, preset: DistrictSize,
-                       rng: np.random.Generator) -> Partition:
+def partition_district(
+    lattice: Lattice, blocks: Blocks, preset: DistrictSize, rng: np.random.Generator
+) -> Partition:
     """Split the district into streets, communities and grids by household capacity and code
     every level in row-major order within its parent."""
     splitter = _Splitter(lattice, blocks.cell_capacity, rng)
@@ -699,8 +904,9 @@ def partition_district(lattice: Lattice, blocks: Blocks, preset: DistrictSize,
     grid_boxes, grid_geoms, grid_comm, grid_codes, grid_seq = [], [], [], [], []
     for c, box in enumerate(comm_boxes):
         n_cells = splitter.total(splitter.count_sum, box)
-        k = int(np.clip(round(splitter.total(splitter.cap_sum, box) / HOUSEHOLDS_PER_GRID),
-                        1, n_cells))
+        k = int(
+            np.clip(round(splitter.total(splitter.cap_sum, box) / HOUSEHOLDS_PER_GRID), 1, n_cells)
+        )
         boxes = splitter.split(box, k)
         geoms = _polygons_for_boxes(lattice, boxes)
         for seq, i in enumerate(order_row_major(geoms)):
@@ -718,12 +924,18 @@ def partition_district(lattice: Lattice, blocks: Blocks, preset: DistrictSize,
         return labels
 
     return Partition(
-        street_of_cell=label(street_boxes), community_of_cell=label(comm_boxes),
-        grid_of_cell=label(grid_boxes), district_geom=district_geom,
-        street_geoms=np.asarray(street_geoms), community_geoms=_as_geom_array(comm_geoms),
-        grid_geoms=_as_geom_array(grid_geoms), street_codes=street_codes,
-        community_codes=comm_codes, grid_codes=grid_codes,
-        community_street=np.asarray(comm_street), grid_community=np.asarray(grid_comm),
+        street_of_cell=label(street_boxes),
+        community_of_cell=label(comm_boxes),
+        grid_of_cell=label(grid_boxes),
+        district_geom=district_geom,
+        street_geoms=np.asarray(street_geoms),
+        community_geoms=_as_geom_array(comm_geoms),
+        grid_geoms=_as_geom_array(grid_geoms),
+        street_codes=street_codes,
+        community_codes=comm_codes,
+        grid_codes=grid_codes,
+        community_street=np.asarray(comm_street),
+        grid_community=np.asarray(grid_comm),
         grid_seq=np.asarray(grid_seq),
     )
 
@@ -737,8 +949,7 @@ def _as_geom_array(geoms: list) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 # households: hold most grids in the band, a few over and under on purpose
 # ---------------------------------------------------------------------------------------------
-def assign_households(blocks: Blocks, partition: Partition, rng: np.random.Generator
-                      ) -> np.ndarray:
+def assign_households(blocks: Blocks, partition: Partition, rng: np.random.Generator) -> np.ndarray:
     """Rescale each building's drawn capacity so that its grid totals a target: inside the
     household band for most grids, above it for ~5% (the fullest) and below for ~6%."""
     low, high = HOUSEHOLD_BAND
@@ -750,12 +961,14 @@ def assign_households(blocks: Blocks, partition: Partition, rng: np.random.Gener
     by_cap = np.argsort(cap_grid, kind="stable")
     n_over = max(1, int(round(0.05 * n_grids)))
     n_under = int(0.06 * n_grids)  # rounded down: a tiny district keeps its band share
-    over = by_cap[n_grids - n_over:]
+    over = by_cap[n_grids - n_over :]
     under = by_cap[:n_under]
-    target[over] = np.clip(np.maximum(cap_grid[over], rng.uniform(515, 640, len(over))),
-                           high + 10, 720)
-    target[under] = np.clip(np.minimum(cap_grid[under], rng.uniform(190, 285, len(under))),
-                            150, low - 10)
+    target[over] = np.clip(
+        np.maximum(cap_grid[over], rng.uniform(515, 640, len(over))), high + 10, 720
+    )
+    target[under] = np.clip(
+        np.minimum(cap_grid[under], rng.uniform(190, 285, len(under))), 150, low - 10
+    )
     target = np.round(target).astype(np.int64)
 
     # Largest-remainder rounding hits each grid's target exactly.
@@ -794,16 +1007,21 @@ def draw_names(lattice: Lattice, preset: DistrictSize, rng: np.random.Generator)
     second = second + (second >= first)  # two distinct characters
     stems = [_NAME_CHARS[a] + _NAME_CHARS[b] for a, b in zip(first, second, strict=True)]
     n_streets = preset.n_streets
-    row_road = [s + "路" for s in stems[n_streets:n_streets + lattice.rows + 1]]
-    col_road = [s + "街" for s in stems[n_streets + lattice.rows + 1:]]
+    row_road = [s + "路" for s in stems[n_streets : n_streets + lattice.rows + 1]]
+    col_road = [s + "街" for s in stems[n_streets + lattice.rows + 1 :]]
     # Communities: more than the preset may ask for, since splits can round up.
     n_comm = 2 * preset.n_communities + 8
     n_suffix = len(_COMMUNITY_SUFFIXES)
     picks = rng.choice(n_chars * n_suffix, size=min(n_comm, n_chars * n_suffix), replace=False)
-    community = [_NAME_CHARS[p // n_suffix] + _COMMUNITY_SUFFIXES[p % n_suffix] + "社区"
-                 for p in picks]
-    return Names(street=[s + "街道" for s in stems[:n_streets]], community=community,
-                 row_road=row_road, col_road=col_road)
+    community = [
+        _NAME_CHARS[p // n_suffix] + _COMMUNITY_SUFFIXES[p % n_suffix] + "社区" for p in picks
+    ]
+    return Names(
+        street=[s + "街道" for s in stems[:n_streets]],
+        community=community,
+        row_road=row_road,
+        col_road=col_road,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -814,22 +1032,46 @@ def build_areas_gdf(partition: Partition, names: Names) -> gpd.GeoDataFrame:
     n_s, n_c = len(partition.street_codes), len(partition.community_codes)
     comm_parent = [partition.street_codes[s] for s in partition.community_street]
     grid_parent = [partition.community_codes[c] for c in partition.grid_community]
-    frame = pd.DataFrame({
-        "code": [DISTRICT_CODE, *partition.street_codes, *partition.community_codes,
-                 *partition.grid_codes],
-        "name": [DISTRICT_NAME, *names.street[:n_s], *names.community[:n_c],
-                 *[f"第{seq}网格" for seq in partition.grid_seq]],
-        "level": ["district"] + ["street"] * n_s + ["community"] * n_c
-                 + ["grid"] * len(partition.grid_codes),
-        "parent_code": [None] + [DISTRICT_CODE] * n_s + comm_parent + grid_parent,
-    })
-    geometry = np.concatenate([[partition.district_geom], partition.street_geoms,
-                               partition.community_geoms, partition.grid_geoms])
+    frame = pd.DataFrame(
+        {
+            "code": [
+                DISTRICT_CODE,
+                *partition.street_codes,
+                *partition.community_codes,
+                *partition.grid_codes,
+            ],
+            "name": [
+                DISTRICT_NAME,
+                *names.street[:n_s],
+                *names.community[:n_c],
+                *[f"第{seq}网格" for seq in partition.grid_seq],
+            ],
+            "level": ["district"]
+            + ["street"] * n_s
+            + ["community"] * n_c
+            + ["grid"] * len(partition.grid_codes),
+            "parent_code": [None] + [DISTRICT_CODE] * n_s + comm_parent + grid_parent,
+        }
+    )
+    geometry = np.concatenate(
+        [
+            [partition.district_geom],
+            partition.street_geoms,
+            partition.community_geoms,
+            partition.grid_geoms,
+        ]
+    )
     return gpd.GeoDataFrame(frame, geometry=geometry, crs="EPSG:4326")
 
 
-def build_buildings_gdf(lattice: Lattice, blocks: Blocks, partition: Partition, names: Names,
-                        households: np.ndarray, rng: np.random.Generator) -> gpd.GeoDataFrame:
+def build_buildings_gdf(
+    lattice: Lattice,
+    blocks: Blocks,
+    partition: Partition,
+    names: Names,
+    households: np.ndarray,
+    rng: np.random.Generator,
+) -> gpd.GeoDataFrame:
     """Turn planned footprints into building rows, numbered within their community and
     addressed on the nearest east-west road (odd numbers south of it, even north)."""
     grid = partition.grid_of_cell[blocks.cell_r, blocks.cell_c]
@@ -854,10 +1096,13 @@ def build_buildings_gdf(lattice: Lattice, blocks: Blocks, partition: Partition, 
     comm_names = np.asarray(names.community, dtype=object)[comm]
     street_names = np.asarray(names.street, dtype=object)[street_of]
     road_names = np.asarray(names.row_road, dtype=object)[road_line]
-    name = [f"{cn}{s}{suf}" for cn, s, suf in zip(comm_names, seq, _KIND_NAME_SUFFIX[kind],
-                                                  strict=True)]
-    address = [f"{CITY_NAME}{DISTRICT_NAME}{sn}{rn}{num}号"
-               for sn, rn, num in zip(street_names, road_names, number, strict=True)]
+    name = [
+        f"{cn}{s}{suf}" for cn, s, suf in zip(comm_names, seq, _KIND_NAME_SUFFIX[kind], strict=True)
+    ]
+    address = [
+        f"{CITY_NAME}{DISTRICT_NAME}{sn}{rn}{num}号"
+        for sn, rn, num in zip(street_names, road_names, number, strict=True)
+    ]
     comm_codes = np.asarray(partition.community_codes, dtype=object)[comm]
     code = [f"{cc}{s:04d}" for cc, s in zip(comm_codes, seq, strict=True)]
 
@@ -865,12 +1110,18 @@ def build_buildings_gdf(lattice: Lattice, blocks: Blocks, partition: Partition, 
     lon, lat = lattice.to_lonlat(blocks.corners_u_m.ravel(), blocks.corners_v_m.ravel())
     ring = np.stack([lon.reshape(n, 4), lat.reshape(n, 4)], axis=-1)
     ring = np.concatenate([ring, ring[:, :1]], axis=1)
-    frame = pd.DataFrame({
-        "code": code, "name": name, "address": address, "households": households,
-        "population": population, "floors": blocks.floors.astype(np.int64),
-        "grid_code": np.asarray(partition.grid_codes, dtype=object)[grid],
-        "community_code": comm_codes,
-    })
+    frame = pd.DataFrame(
+        {
+            "code": code,
+            "name": name,
+            "address": address,
+            "households": households,
+            "population": population,
+            "floors": blocks.floors.astype(np.int64),
+            "grid_code": np.asarray(partition.grid_codes, dtype=object)[grid],
+            "community_code": comm_codes,
+        }
+    )
     return gpd.GeoDataFrame(frame, geometry=shapely.polygons(ring), crs="EPSG:4326")
 
 
@@ -884,18 +1135,26 @@ def build_roads_gdf(lattice: Lattice, partition: Partition, names: Names) -> gpd
 
     street, comm = pad_labels(partition.street_of_cell), pad_labels(partition.community_of_cell)
     # East-west edges: node (i, j) -> (i, j + 1), cells above (i - 1, j) and below (i, j).
-    ii, jj = np.mgrid[0:rows + 1, 0:cols]
+    ii, jj = np.mgrid[0 : rows + 1, 0:cols]
     h_sides = ((ii, jj + 1), (ii + 1, jj + 1))
     # North-south edges: node (i, j) -> (i + 1, j), cells left (i, j - 1) and right (i, j).
-    vi, vj = np.mgrid[0:rows, 0:cols + 1]
+    vi, vj = np.mgrid[0:rows, 0 : cols + 1]
     v_sides = ((vi + 1, vj), (vi + 1, vj + 1))
 
     parts = []
     for (ai, aj, bi, bj), start, end, road_names in (
-        ((*h_sides[0], *h_sides[1]), lattice.node_id(ii, jj), lattice.node_id(ii, jj + 1),
-         np.asarray(names.row_road, dtype=object)[ii]),
-        ((*v_sides[0], *v_sides[1]), lattice.node_id(vi, vj), lattice.node_id(vi + 1, vj),
-         np.asarray(names.col_road, dtype=object)[vj]),
+        (
+            (*h_sides[0], *h_sides[1]),
+            lattice.node_id(ii, jj),
+            lattice.node_id(ii, jj + 1),
+            np.asarray(names.row_road, dtype=object)[ii],
+        ),
+        (
+            (*v_sides[0], *v_sides[1]),
+            lattice.node_id(vi, vj),
+            lattice.node_id(vi + 1, vj),
+            np.asarray(names.col_road, dtype=object)[vj],
+        ),
     ):
         s_a, s_b = street[ai, aj], street[bi, bj]
         c_a, c_b = comm[ai, aj], comm[bi, bj]
@@ -906,16 +1165,19 @@ def build_roads_gdf(lattice: Lattice, partition: Partition, names: Names) -> gpd
     end = np.concatenate([p[1] for p in parts])
     coords = np.stack([lattice.node_lonlat[start], lattice.node_lonlat[end]], axis=1)
     n = len(start)
-    frame = pd.DataFrame({
-        "code": [f"R{i + 1:06d}" for i in range(n)],
-        "name": np.concatenate([p[2] for p in parts]),
-        "kind": np.concatenate([p[3] for p in parts]),
-    })
+    frame = pd.DataFrame(
+        {
+            "code": [f"R{i + 1:06d}" for i in range(n)],
+            "name": np.concatenate([p[2] for p in parts]),
+            "kind": np.concatenate([p[3] for p in parts]),
+        }
+    )
     return gpd.GeoDataFrame(frame, geometry=shapely.linestrings(coords), crs="EPSG:4326")
 
 
-def build_stations_gdf(lattice: Lattice, blocks: Blocks, partition: Partition, names: Names,
-                       rng: np.random.Generator) -> gpd.GeoDataFrame:
+def build_stations_gdf(
+    lattice: Lattice, blocks: Blocks, partition: Partition, names: Names, rng: np.random.Generator
+) -> gpd.GeoDataFrame:
     """Place several stations per community in block corners (building-free by construction):
     one party service centre each, neighbourhood stations most often, health ones rarely."""
     n_comm = len(partition.community_codes)
@@ -925,8 +1187,12 @@ def build_stations_gdf(lattice: Lattice, blocks: Blocks, partition: Partition, n
     for c in range(n_comm):
         kinds = ["party_service"] + ["neighbourhood"] * (1 + int(rng.binomial(2, 0.5)))
         kinds += ["convenience"] * int(rng.binomial(2, 0.4))
-        for kind, p in (("shared", 0.35), ("mediation", 0.5), ("health", 0.3),
-                        ("new_employment", 0.35)):
+        for kind, p in (
+            ("shared", 0.35),
+            ("mediation", 0.5),
+            ("health", 0.3),
+            ("new_employment", 0.35),
+        ):
             if rng.random() < p:
                 kinds.append(kind)
         plans.append(kinds)
@@ -960,33 +1226,48 @@ def build_stations_gdf(lattice: Lattice, blocks: Blocks, partition: Partition, n
             hours = _STATION_HOURS[kind]
             cap_lo, cap_hi = _STATION_CAPACITY[kind]
             road = names.row_road[r] if north else names.row_road[r + 1]
-            rows.append({
-                "name": name,
-                "kind": kind,
-                "address": f"{CITY_NAME}{DISTRICT_NAME}{street_name}{road}"
-                           f"{int(rng.integers(1, 300))}号",
-                "services": ";".join(services[i] for i in chosen),
-                "opening_hours": hours[int(rng.integers(0, len(hours)))],
-                "capacity": int(rng.integers(cap_lo, cap_hi + 1)),
-                "phone": f"024-{int(rng.integers(2, 9))}{int(rng.integers(0, 10**7)):07d}",
-                "u": u, "v": v,
-            })
+            rows.append(
+                {
+                    "name": name,
+                    "kind": kind,
+                    "address": f"{CITY_NAME}{DISTRICT_NAME}{street_name}{road}"
+                    f"{int(rng.integers(1, 300))}号",
+                    "services": ";".join(services[i] for i in chosen),
+                    "opening_hours": hours[int(rng.integers(0, len(hours)))],
+                    "capacity": int(rng.integers(cap_lo, cap_hi + 1)),
+                    "phone": f"024-{int(rng.integers(2, 9))}{int(rng.integers(0, 10**7)):07d}",
+                    "u": u,
+                    "v": v,
+                }
+            )
     frame = pd.DataFrame(rows)
     # Codes: community code plus a two-digit sequence within the community.
-    frame.insert(0, "code", [f"ZD{partition.community_codes[c]}{i + 1:02d}"
-                             for c, kinds in enumerate(plans) for i in range(len(kinds))])
+    frame.insert(
+        0,
+        "code",
+        [
+            f"ZD{partition.community_codes[c]}{i + 1:02d}"
+            for c, kinds in enumerate(plans)
+            for i in range(len(kinds))
+        ],
+    )
     lon, lat = lattice.to_lonlat(frame.pop("u").to_numpy(), frame.pop("v").to_numpy())
     frame["capacity"] = frame["capacity"].astype(np.int64)
     return gpd.GeoDataFrame(frame, geometry=shapely.points(lon, lat), crs="EPSG:4326")
 
 
-def build_workers_df(partition: Partition, buildings_gdf: gpd.GeoDataFrame,
-                     rng: np.random.Generator) -> pd.DataFrame:
+def build_workers_df(
+    partition: Partition, buildings_gdf: gpd.GeoDataFrame, rng: np.random.Generator
+) -> pd.DataFrame:
     """One grid worker per grid, except that a few under-band grids are added to a
     neighbouring grid's worker; one or two staff per community and a few per street."""
     n_grids = len(partition.grid_codes)
-    hh = (buildings_gdf.groupby("grid_code")["households"].sum()
-          .reindex(partition.grid_codes).to_numpy())
+    hh = (
+        buildings_gdf.groupby("grid_code")["households"]
+        .sum()
+        .reindex(partition.grid_codes)
+        .to_numpy()
+    )
     neighbours = _grid_neighbours(partition)
     owner = np.arange(n_grids)  # index of the grid whose worker owns this grid
     max_pairs = int(round(0.02 * n_grids))
@@ -1020,22 +1301,26 @@ def build_workers_df(partition: Partition, buildings_gdf: gpd.GeoDataFrame,
                 owned += [partition.grid_codes[x] for x in np.nonzero(owner == g)[0] if x != g]
                 rows.append((f"WG{partition.grid_codes[g]}", "grid_worker", ";".join(owned)))
     n = len(rows)
-    return pd.DataFrame({
-        "code": [r[0] for r in rows],
-        "name": _draw_person_names(n, rng),
-        "phone": _draw_mobile_phones(n, rng),
-        "role": [r[1] for r in rows],
-        "grid_codes": [r[2] for r in rows],
-    })
+    return pd.DataFrame(
+        {
+            "code": [r[0] for r in rows],
+            "name": _draw_person_names(n, rng),
+            "phone": _draw_mobile_phones(n, rng),
+            "role": [r[1] for r in rows],
+            "grid_codes": [r[2] for r in rows],
+        }
+    )
 
 
 def _grid_neighbours(partition: Partition) -> list[set[int]]:
     """Grids sharing a lattice edge inside the same community."""
     labels = partition.grid_of_cell
-    pairs = np.concatenate([
-        np.stack([labels[:, :-1].ravel(), labels[:, 1:].ravel()], axis=1),
-        np.stack([labels[:-1, :].ravel(), labels[1:, :].ravel()], axis=1),
-    ])
+    pairs = np.concatenate(
+        [
+            np.stack([labels[:, :-1].ravel(), labels[:, 1:].ravel()], axis=1),
+            np.stack([labels[:-1, :].ravel(), labels[1:, :].ravel()], axis=1),
+        ]
+    )
     pairs = pairs[(pairs[:, 0] >= 0) & (pairs[:, 1] >= 0) & (pairs[:, 0] != pairs[:, 1])]
     same = partition.grid_community[pairs[:, 0]] == partition.grid_community[pairs[:, 1]]
     neighbours: list[set[int]] = [set() for _ in partition.grid_codes]
@@ -1067,16 +1352,23 @@ def _draw_mobile_phones(n: int, rng: np.random.Generator) -> list[str]:
 # ---------------------------------------------------------------------------------------------
 # cases
 # ---------------------------------------------------------------------------------------------
-def build_cases_gdf(lattice: Lattice, blocks: Blocks, buildings_gdf: gpd.GeoDataFrame,
-                    partition: Partition, names: Names, preset: DistrictSize,
-                    rng: np.random.Generator) -> gpd.GeoDataFrame:
+def build_cases_gdf(
+    lattice: Lattice,
+    blocks: Blocks,
+    buildings_gdf: gpd.GeoDataFrame,
+    partition: Partition,
+    names: Names,
+    preset: DistrictSize,
+    rng: np.random.Generator,
+) -> gpd.GeoDataFrame:
     """Draw a year of cases: where (hotspots, housing, background), when (daily, weekly and
     seasonal cycles per source) and what (skewed subclasses, heating in winter)."""
     n = preset.n_cases
     source = rng.choice(len(CASE_SOURCES), size=n, p=_SOURCE_P)
     local_s = _draw_local_seconds(source, rng)
-    u, v, anchor, place = _draw_case_places(lattice, blocks, buildings_gdf, partition, names,
-                                            preset, n, rng)
+    u, v, anchor, place = _draw_case_places(
+        lattice, blocks, buildings_gdf, partition, names, preset, n, rng
+    )
     day = local_s // 86_400
     days = np.datetime64("2025-11-01") + np.arange(366)
     month = (days.astype("datetime64[M]").astype(np.int64) % 12 + 1)[day]
@@ -1097,16 +1389,19 @@ def build_cases_gdf(lattice: Lattice, blocks: Blocks, buildings_gdf: gpd.GeoData
         for s, t, p, nm in zip(source, template_pick, place, sub_names, strict=True)
     ]
     start_utc_ns = CASE_PERIOD_START.tz_convert("UTC").tz_localize(None).to_datetime64()
-    reported = pd.DatetimeIndex(start_utc_ns.astype("datetime64[ns]")
-                                + local_s.astype("timedelta64[s]")).tz_localize("UTC")
+    reported = pd.DatetimeIndex(
+        start_utc_ns.astype("datetime64[ns]") + local_s.astype("timedelta64[s]")
+    ).tz_localize("UTC")
     lon, lat = lattice.to_lonlat(u, v)
-    frame = pd.DataFrame({
-        "code": code,
-        "category_code": categories["code"].to_numpy()[subclass],
-        "description": description,
-        "source": np.asarray(CASE_SOURCES, dtype=object)[source],
-        "reported_at": reported.as_unit("ns"),
-    })
+    frame = pd.DataFrame(
+        {
+            "code": code,
+            "category_code": categories["code"].to_numpy()[subclass],
+            "description": description,
+            "source": np.asarray(CASE_SOURCES, dtype=object)[source],
+            "reported_at": reported.as_unit("ns"),
+        }
+    )
     return gpd.GeoDataFrame(frame, geometry=shapely.points(lon, lat), crs="EPSG:4326")
 
 
@@ -1130,9 +1425,16 @@ def _draw_local_seconds(source: np.ndarray, rng: np.random.Generator) -> np.ndar
     return seconds
 
 
-def _draw_case_places(lattice: Lattice, blocks: Blocks, buildings_gdf: gpd.GeoDataFrame,
-                      partition: Partition, names: Names, preset: DistrictSize, n: int,
-                      rng: np.random.Generator):
+def _draw_case_places(
+    lattice: Lattice,
+    blocks: Blocks,
+    buildings_gdf: gpd.GeoDataFrame,
+    partition: Partition,
+    names: Names,
+    preset: DistrictSize,
+    n: int,
+    rng: np.random.Generator,
+):
     """Mix Gaussian hotspots (markets, old compounds), points at homes and a uniform
     background; redraw any point that falls outside the district."""
     n_hot = int(round(0.40 * n))
@@ -1173,8 +1475,9 @@ def _draw_case_places(lattice: Lattice, blocks: Blocks, buildings_gdf: gpd.GeoDa
     anchor = np.empty(n, dtype=np.int64)
     place = np.empty(n, dtype=object)
     named = np.zeros(n, dtype=bool)
-    component = np.concatenate([np.zeros(n_hot, np.int64), np.ones(n_home, np.int64),
-                                np.full(n_bg, 2, np.int64)])
+    component = np.concatenate(
+        [np.zeros(n_hot, np.int64), np.ones(n_home, np.int64), np.full(n_bg, 2, np.int64)]
+    )
     todo = np.arange(n)
     for _ in range(200):
         comp = component[todo]
@@ -1207,15 +1510,18 @@ def _draw_case_places(lattice: Lattice, blocks: Blocks, buildings_gdf: gpd.GeoDa
     return u, v, anchor, place
 
 
-def _nearest_road_names(lattice: Lattice, names: Names, u: np.ndarray, v: np.ndarray
-                        ) -> np.ndarray:
+def _nearest_road_names(lattice: Lattice, names: Names, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     cols, rows = lattice.cols, lattice.rows
     col = np.clip(np.searchsorted(lattice.u_edges_m, u) - 1, 0, cols - 1)
     row = np.clip(np.searchsorted(-lattice.v_edges_m, -v) - 1, 0, rows - 1)
-    gaps = np.stack([
-        u - lattice.u_edges_m[col], lattice.u_edges_m[col + 1] - u,
-        lattice.v_edges_m[row] - v, v - lattice.v_edges_m[row + 1],
-    ])
+    gaps = np.stack(
+        [
+            u - lattice.u_edges_m[col],
+            lattice.u_edges_m[col + 1] - u,
+            lattice.v_edges_m[row] - v,
+            v - lattice.v_edges_m[row + 1],
+        ]
+    )
     nearest = np.argmin(gaps, axis=0)
     col_names = np.asarray(names.col_road, dtype=object)
     row_names = np.asarray(names.row_road, dtype=object)
@@ -1227,8 +1533,13 @@ def _nearest_road_names(lattice: Lattice, names: Names, u: np.ndarray, v: np.nda
     return np.asarray([f"{r}附近" for r in road], dtype=object)
 
 
-def _draw_subclasses(categories: pd.DataFrame, month: np.ndarray, anchor: np.ndarray,
-                     source: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def _draw_subclasses(
+    categories: pd.DataFrame,
+    month: np.ndarray,
+    anchor: np.ndarray,
+    source: np.ndarray,
+    rng: np.random.Generator,
+) -> np.ndarray:
     """Draw a subclass index per case from skewed weights adjusted by month, anchor and
     source; heating failures all but vanish outside the heating season."""
     codes = categories["code"].to_numpy()
@@ -1247,7 +1558,7 @@ def _draw_subclasses(categories: pd.DataFrame, month: np.ndarray, anchor: np.nda
     order = np.argsort(group, kind="stable")
     bounds = np.searchsorted(group[order], np.arange(12 * 9 + 1))
     for g in range(12 * 9):
-        idx = order[bounds[g]:bounds[g + 1]]
+        idx = order[bounds[g] : bounds[g + 1]]
         if len(idx) == 0:
             continue
         m, a, s = g // 9 + 1, (g % 9) // 3, g % 3
