@@ -17,6 +17,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from api.app import create_app
+from api.serving import NoDelayH11Protocol
 from api.settings import Settings
 
 STARTUP_TIMEOUT_S = 30.0
@@ -31,7 +32,11 @@ def serve(settings: Settings, app: FastAPI | None = None) -> Iterator[str]:
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     config = uvicorn.Config(
-        app or create_app(settings), lifespan="on", log_level="warning", access_log=False
+        app or create_app(settings),
+        lifespan="on",
+        log_level="warning",
+        access_log=False,
+        http=NoDelayH11Protocol,
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(
