@@ -21,14 +21,19 @@ from api.errors import register_error_handlers
 from api.routers import (
     areas,
     buildings,
+    cases,
     categories,
     generations,
     imports,
     locate,
     meta,
+    open311,
     stations,
     workers,
 )
+from api.routers import coverage as coverage_router
+from api.routers import maps as maps_router
+from api.routers import nearest as nearest_router
 from api.settings import Settings
 from gis.db import repo
 from gis.db.engine import make_engine, make_sessionmaker, migrate
@@ -58,6 +63,11 @@ TAGS = [
     {"name": "workers", "description": "Grid workers and the grids they own."},
     {"name": "categories", "description": "The two-level case category tree."},
     {"name": "locate", "description": "Which grid covers a point."},
+    {
+        "name": "cases",
+        "description": "Cases (事件): intake routed to a grid, the closed-loop workflow with "
+        "deadlines and escalation, queries and counts.",
+    },
     {"name": "imports", "description": "Import GeoJSON, GeoPackage, Shapefile or CSV files."},
     {"name": "service", "description": "Index and health."},
 ]
@@ -148,7 +158,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     register_error_handlers(app)
     app.add_middleware(imports.UploadSizeLimit, path_prefix=f"{API_PREFIX}/imports")
     app.include_router(meta.router)
+    # Before the stations router: /stations/nearest must not be read as a station code.
+    app.include_router(nearest_router.router, prefix=API_PREFIX)
+    app.include_router(coverage_router.router, prefix=API_PREFIX)  # /coverage, /stations/siting
     for module in (generations, areas, buildings, stations, workers, categories, locate, imports):
         app.include_router(module.router, prefix=API_PREFIX)
+    app.include_router(cases.router, prefix=API_PREFIX)
+    app.include_router(open311.router)  # /open311/v2, errors in the GeoReport shape
+    app.include_router(maps_router.router)  # HTML maps and their Leaflet files, /maps
     app.openapi = lambda: _openapi_with_400(app)  # type: ignore[method-assign]
     return app

@@ -106,8 +106,10 @@ def demo(
         _serve(settings, host, port, workers=1)
 
 
-def _serve(settings: Settings, host: str, port: int, workers: int) -> None:
+def _serve(settings: Settings, host: str, port: int, workers: int, access_log: bool = True) -> None:
     import uvicorn
+
+    from api.serving import NoDelayH11Protocol
 
     base = f"http://{host}:{port}"
     console.print(f"wangge is serving {_describe_store(settings)}")
@@ -116,11 +118,17 @@ def _serve(settings: Settings, host: str, port: int, workers: int) -> None:
     console.print(f"  locate:    {base}/api/v1/locate?lon=123.43&lat=41.80")
     console.print(f"  stations:  {base}/api/v1/stations")
     if workers > 1:
-        uvicorn.run("api.app:create_app", factory=True, host=host, port=port, workers=workers)
+        uvicorn.run(
+            "api.app:create_app", factory=True, host=host, port=port, workers=workers,
+            http=NoDelayH11Protocol, access_log=access_log,
+        )
     else:
         from api.app import create_app
 
-        uvicorn.run(create_app(settings), host=host, port=port)
+        uvicorn.run(
+            create_app(settings), host=host, port=port, http=NoDelayH11Protocol,
+            access_log=access_log,
+        )
 
 
 @app.command()
@@ -128,11 +136,18 @@ def serve(
     host: Annotated[str, typer.Option(help="address to serve on")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="port to serve on")] = 8000,
     workers: Annotated[int, typer.Option(help="uvicorn worker processes")] = 1,
+    access_log: Annotated[
+        bool,
+        typer.Option(
+            "--access-log/--no-access-log",
+            help="log every request (costs CPU per request; off for production-like runs)",
+        ),
+    ] = False,
 ) -> None:
     """Serve the API on whatever store is configured (WANGGE_DATABASE_URL or SpatiaLite)."""
     settings = _settings()
     _sessions(settings)  # migrate once before workers start
-    _serve(settings, host, port, workers)
+    _serve(settings, host, port, workers, access_log=access_log)
 
 
 @app.command("import")
@@ -259,6 +274,271 @@ def status() -> None:
         console.print(f"active generation: {gen.name if gen else '(none)'}")
         for table, n in repo.count_rows(s).items():
             console.print(f"  {table:12} {n:>10,}")
+
+
+# ---------------------------------------------------------------------- cases
+
+
+@app.command()
+def escalate(
+    now: Annotated[
+        str | None, typer.Option(help="act as if it were this ISO 8601 time (default: now)")
+    ] = None,
+) -> None:
+    """Escalate every overdue open case one level (grid → community → street → department).
+
+    Safe to run from cron: a case is escalated once per missed deadline and gets a fresh
+    deadline for its new level, so running it twice in a row changes nothing the second
+    time. All in one transaction.
+    """
+    from datetime import datetime
+
+    from gis.db import cases_repo
+
+    at = None
+    if now:
+        try:
+            at = datetime.fromisoformat(now)
+        except ValueError as exc:
+            err.print(f"[red]error:[/red] --now {now!r} is not an ISO 8601 time")
+            raise typer.Exit(2) from exc
+    sessions = _sessions(_settings())
+    try:
+        with sessions() as s, s.begin():
+            moved = cases_repo.escalate_overdue(s, now=at)
+    except WanggeError as exc:
+        _fail(exc)
+    for m in moved:
+        console.print(
+            f"{m['code']}: overdue since {m['overdue_since']}, escalated to {m['level']}"
+            + (f" {m['escalated_to']}" if m["escalated_to"] else "")
+            + f", new deadline {m['deadline_at']}"
+        )
+    console.print(f"escalated {len(moved)} overdue case(s)")
+
+
+@app.command()
+def reroute(
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="only show which cases would move where")
+    ] = False,
+) -> None:
+    """Re-route the stored open cases to the active generation's grids.
+
+    Prints how many cases move from which grid to which; without --dry-run, writes
+    exactly that plan in one transaction (and each moved case gets a history event).
+    """
+    from gis.db import cases_repo
+
+    settings = _settings()
+    sessions = _sessions(settings)
+    try:
+        with sessions() as s, s.begin():
+            plan = cases_repo.reroute(s, dry_run=dry_run, near_outside_m=settings.near_outside_m)
+    except WanggeError as exc:
+        _fail(exc)
+    table = Table("from grid", "to grid", "cases")
+    for move in plan["moves"]:
+        table.add_row(move["from"] or "(unrouted)", move["to"] or "(unrouted)", str(move["count"]))
+    console.print(
+        f"generation {plan['generation']}: {plan['open_cases']} open case(s), "
+        f"{plan['moved']} {'would move' if dry_run else 'moved'}"
+    )
+    if plan["moves"]:
+        console.print(table)
+    if dry_run:
+        console.print("dry run: nothing was written")
+
+
+def _read_points(path: Path, crs: str | None):
+    """Rows of a points file as they are, plus their EPSG:4326 lon/lat (an (n, 2) array).
+
+    CSV keeps every column untouched and needs lon/lat (or x/y) columns; any other
+    importable file is read by GDAL.
+    """
+    import geopandas as gpd
+    import numpy as np
+    import pandas as pd
+    import shapely
+
+    from gis.crs import parse_crs, to_storage_xy
+    from gis.errors import InvalidInput
+
+    if path.suffix.lower() in (".csv", ".txt"):
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+        lower = {c.lower().strip(): c for c in frame.columns}
+        names = (("lon", "lat"), ("longitude", "latitude"), ("lng", "lat"), ("x", "y"))
+        pair = next(((lower[a], lower[b]) for a, b in names if a in lower and b in lower), None)
+        if pair is None:
+            raise InvalidInput(f"{path}: needs lon and lat columns", field="lon")
+        xy = np.column_stack(
+            [pd.to_numeric(frame[c], errors="coerce").to_numpy(float) for c in pair]
+        )
+        return frame, to_storage_xy(xy, parse_crs(crs or "wgs84"))
+    gdf = gpd.read_file(path)
+    if crs:
+        gdf = gdf.set_crs(parse_crs(crs).epsg or 4326, allow_override=True)
+    if gdf.crs is not None and gdf.crs.to_epsg() != 4326:
+        gdf = gdf.to_crs(4326)
+    points = shapely.point_on_surface(gdf.geometry.values)
+    xy = np.column_stack([shapely.get_x(points), shapely.get_y(points)])
+    frame = pd.DataFrame(gdf.drop(columns=gdf.geometry.name))
+    frame["lon"], frame["lat"] = xy[:, 0], xy[:, 1]
+    return frame, xy
+
+
+@app.command("assign")
+def assign_cmd(
+    grids: Annotated[
+        Path, typer.Option(help="grid polygons: any file `wangge import areas` reads")
+    ],
+    cases: Annotated[Path, typer.Option(help="points: CSV with lon,lat or any importable file")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="CSV to write")],
+    crs: Annotated[
+        str | None, typer.Option(help="coordinates of the points: wgs84, gcj02, bd09, EPSG:<code>")
+    ] = None,
+    near_m: Annotated[
+        float, typer.Option(help="outside every grid but this close: the nearest grid")
+    ] = 50.0,
+) -> None:
+    """Route a file of points to grids, without a database (bulk, vectorised).
+
+    Writes each input row with grid_code, flag (inside, edge_rule — a shared edge or
+    vertex, lowest code wins —, near_outside, unrouted) and distance_m (to the grid,
+    for near_outside). The same rules as online intake.
+    """
+    import numpy as np
+
+    from data.importers import read_layer
+    from gis.routing import FLAGS, route_points
+
+    for path in (grids, cases):
+        if not path.exists():
+            err.print(f"[red]error:[/red] {path}: no such file")
+            raise typer.Exit(2)
+    started = time.perf_counter()
+    try:
+        areas, _repaired = read_layer(grids, "areas")
+        layer = areas[areas["level"] == "grid"] if (areas["level"] == "grid").any() else areas
+        frame, xy = _read_points(cases, crs)
+        routed = route_points(
+            xy, layer.geometry.values, layer["code"].to_numpy(dtype=object), near_m=near_m
+        )
+    except WanggeError as exc:
+        _fail(exc)
+    codes = layer["code"].to_numpy(dtype=object)
+    frame["grid_code"] = np.where(routed.index >= 0, codes[np.maximum(routed.index, 0)], "")
+    frame["flag"] = routed.flag
+    frame["distance_m"] = np.round(routed.distance_m, 2)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(output, index=False)
+    counts = {f: int((routed.flag == f).sum()) for f in FLAGS}
+    console.print(
+        f"routed {len(frame)} point(s) to {len(layer)} grid(s) in "
+        f"{time.perf_counter() - started:.2f} s: "
+        + ", ".join(f"{n} {f}" for f, n in counts.items())
+        + f"; wrote {output}"
+    )
+
+
+# ------------------------------------------------------- stations: coverage and siting
+
+
+@app.command()
+def coverage(
+    kind: Annotated[str, typer.Option(help="station kind (key or Chinese name)")],
+    minutes: Annotated[str, typer.Option(help="life circles in walking minutes")] = "5,10,15",
+    by: Annotated[str, typer.Option(help="community or grid")] = "community",
+    out: Annotated[
+        Path | None,
+        typer.Option(help="write every building's walk to this GeoJSON file (uncovered flagged)"),
+    ] = None,
+) -> None:
+    """Walking coverage of every building by one station kind, per community or grid."""
+    from api.routers.coverage import parse_minutes, require_kind, run_coverage
+
+    settings = _settings()
+    sessions = _sessions(settings)
+    try:
+        kind_key = require_kind(kind)
+        circles = parse_minutes(minutes)
+        with sessions() as s:
+            result = run_coverage(s, settings, kind_key, circles)
+    except WanggeError as exc:
+        _fail(exc)
+    console.print(f"{kind_key}: walk measured by {result.method}")
+    frame = result.by_community if by == "community" else result.by_grid
+    key = "community_code" if by == "community" else "grid_code"
+    table = Table(by, "households", *[f"≤{m} min" for m in circles])
+    for row in frame.to_dict("records"):
+        shares = [row[f"share_{m}min"] for m in circles]
+        table.add_row(
+            str(row[key]),
+            f"{row['households']:,.0f}",
+            *["-" if v is None or v != v else f"{v:.1%}" for v in shares],
+        )
+    console.print(table)
+    totals = result.totals
+    console.print(
+        f"all: {totals['households']:,} households; "
+        + ", ".join(f"≤{m} min {totals[f'share_{m}min'] or 0:.1%}" for m in circles)
+        + f"; {len(result.uncovered):,} buildings beyond {max(circles)} min"
+    )
+    if out is not None:
+        frame_out = result.buildings.copy()
+        frame_out["uncovered"] = ~(frame_out["walk_min"] <= max(circles))
+        frame_out.to_file(out, driver="GeoJSON")
+        console.print(f"wrote {out}")
+
+
+@app.command()
+def site(
+    kind: Annotated[str, typer.Option(help="station kind (key or Chinese name)")],
+    p: Annotated[int, typer.Option(help="how many new sites")] = 3,
+    radius_m: Annotated[float, typer.Option(help="walking radius a station serves")] = 800.0,
+    objective: Annotated[str, typer.Option(help="coverage (maximal covering) or median")] = (
+        "coverage"
+    ),
+    candidates: Annotated[
+        str, typer.Option(help="grids, buildings, or a point file (GeoJSON/GPKG/CSV lon,lat)")
+    ] = "grids",
+    community: Annotated[
+        list[str] | None, typer.Option(help="only this community (repeatable)")
+    ] = None,
+) -> None:
+    """Choose sites for new stations of a kind, existing ones kept fixed."""
+    from api.routers.coverage import SitingIn, run_siting, siting_body
+
+    settings = _settings()
+    sessions = _sessions(settings)
+    points = None
+    if candidates not in ("grids", "buildings"):
+        _rows, xy = _read_points(Path(candidates), None)
+        points = [(float(x), float(y)) for x, y in xy]
+    try:
+        body = SitingIn(
+            kind=kind,
+            p=p,
+            radius_m=radius_m,
+            objective=objective,
+            candidates="grids" if points else candidates,
+            candidate_points=points,
+            community_codes=community or None,
+        )
+        with sessions() as s:
+            result, cands, network = run_siting(s, settings, body)
+    except WanggeError as exc:
+        _fail(exc)
+    except ValueError as exc:  # pydantic: p or objective out of range
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    json.dump(
+        siting_body(result, cands, network, body, settings),
+        sys.stdout,
+        ensure_ascii=False,
+        indent=2,
+    )
+    print()
 
 
 if __name__ == "__main__":

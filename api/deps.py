@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Header, Query, Request
+from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.errors import invalid_parameter
@@ -21,11 +22,15 @@ from gis.cases import ROLES, Actor
 DEFAULT_PAGE_SIZE = 100
 
 
-def get_settings(request: Request) -> Settings:
+# Dependencies that never block are `async def`: FastAPI runs a plain `def` dependency
+# in its thread pool, a thread hop per dependency per request.
+
+
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_sessionmaker(request: Request) -> sessionmaker[Session]:
+async def get_sessionmaker(request: Request) -> sessionmaker[Session]:
     return request.app.state.sessions
 
 
@@ -119,7 +124,7 @@ BBoxDep = Annotated[BBox | None, Depends(get_bbox)]
 HTTP_ROLES = tuple(r for r in ROLES if r != "system")
 
 
-def get_actor(
+async def get_actor(
     request: Request,
     x_wangge_role: Annotated[
         str | None,
@@ -133,7 +138,8 @@ def get_actor(
 
     A stand-in until the auth issue lands: headers prove nothing, and this dependency
     is the one place to replace with signed tokens. A worker's grids are looked up so
-    steps on cases in those grids are allowed.
+    steps on cases in those grids are allowed (in the thread pool: the only caller
+    that touches the database).
     """
     role = (x_wangge_role or "resident").strip().lower()
     if role not in HTTP_ROLES:
@@ -148,9 +154,12 @@ def get_actor(
     if role == "worker" and name:
         from gis.db.cases_repo import worker_grid_codes
 
-        # Its own short session: the handler's session must stay fresh for its `begin()`.
-        with request.app.state.sessions() as session:
-            grids = worker_grid_codes(session, name)
+        def lookup() -> tuple[str, ...]:
+            # Its own short session: the handler's session must stay fresh for `begin()`.
+            with request.app.state.sessions() as session:
+                return worker_grid_codes(session, name)
+
+        grids = await run_in_threadpool(lookup)
     return Actor(role=role, name=name, grid_codes=grids)
 
 

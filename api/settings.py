@@ -13,6 +13,8 @@ from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_SECRET = "change-me"
+#: The Open311 write key a development server accepts; production must set its own.
+DEFAULT_OPEN311_KEY = "wangge-dev-open311"
 
 
 class Settings(BaseSettings):
@@ -31,6 +33,11 @@ class Settings(BaseSettings):
     secret_key: str = Field(
         default=DEFAULT_SECRET, description="signs tokens; set it in production"
     )
+    open311_api_keys: str = Field(
+        default=DEFAULT_OPEN311_KEY,
+        description="comma-separated api_key values accepted by Open311 POST requests "
+        f"(development default {DEFAULT_OPEN311_KEY!r}; set your own in production)",
+    )
     tiles: str = Field(
         default="none",
         description="basemap: none, an XYZ URL template, or gcj02:<URL template>",
@@ -38,6 +45,35 @@ class Settings(BaseSettings):
     household_band_min: int = Field(default=300, ge=1, description="fewest households per grid")
     household_band_max: int = Field(default=500, ge=1, description="most households per grid")
     page_size_max: int = Field(default=1000, ge=1, description="largest page of features served")
+    near_outside_m: float = Field(
+        default=50.0,
+        ge=0,
+        description="a case point outside every grid but this close goes to the nearest grid",
+    )
+    duplicate_radius_m: float = Field(
+        default=100.0, gt=0, description="possible duplicates: open cases this close"
+    )
+    duplicate_window_days: float = Field(
+        default=7.0, gt=0, description="possible duplicates: reported this many days back"
+    )
+    # Stations: nearest, coverage and siting (issue 5).
+    walk_speed_m_per_min: float = Field(
+        default=80.0, gt=0, description="walking speed for minutes and life circles (m/min)"
+    )
+    detour_factor: float = Field(
+        default=1.3,
+        ge=1,
+        description="walk = straight line x this when no street network is stored",
+    )
+    max_radius_m: float = Field(
+        default=5000.0, gt=0, description="largest search radius a station query may ask for"
+    )
+    nearest_k_max: int = Field(
+        default=50, ge=1, description="most stations one nearest query returns"
+    )
+    siting_candidates_max: int = Field(
+        default=5000, ge=1, description="most candidate sites one siting run considers"
+    )
     host: str = "127.0.0.1"
     port: int = 8000
 
@@ -45,6 +81,9 @@ class Settings(BaseSettings):
     def _check(self) -> Settings:
         if self.environment == "production" and self.secret_key == DEFAULT_SECRET:
             raise ValueError("WANGGE_SECRET_KEY must be set when WANGGE_ENVIRONMENT=production")
+        open311_keys = [k.strip() for k in self.open311_api_keys.split(",")]
+        if self.environment == "production" and DEFAULT_OPEN311_KEY in open311_keys:
+            raise ValueError("WANGGE_OPEN311_API_KEYS must be set (not the dev key) in production")
         if self.household_band_min > self.household_band_max:
             raise ValueError("WANGGE_HOUSEHOLD_BAND_MIN is above WANGGE_HOUSEHOLD_BAND_MAX")
         return self

@@ -45,7 +45,7 @@ from gis.domain import CASE_SOURCES, LEVEL_NAMES, STATION_KINDS
 from gis.errors import Conflict, CRSMismatch, ImportRejected, InvalidInput
 from gis.hours import parse_opening_hours
 
-LAYERS = ("areas", "buildings", "stations", "cases")
+LAYERS = ("areas", "buildings", "stations", "cases", "roads")  # roads: see data/roads.py
 
 LOCAL_TZ = ZoneInfo("Asia/Shanghai")
 LON_NAMES = ("lon", "lng", "longitude", "x")
@@ -811,6 +811,10 @@ def read_layer(
     The frame's index is the feature number (1-based, file order). Checks that
     need a store (parent codes, categories) are left to `import_file`.
     """
+    if layer == "roads":  # street lines (and .osm.pbf) are read by data/roads.py
+        from data.roads import read_roads
+
+        return read_roads(path, crs, source_name=source_name)[0], []
     checked = _load(path, layer, crs, source_name)
     checked.problems.raise_if_any()
     return checked.frame, checked.repaired
@@ -832,6 +836,10 @@ def import_file(
     stations are upserted by code; cases are routed into the active generation.
     """
     path = Path(path)
+    if layer == "roads":  # a walking network replaces the stored one (data/roads.py)
+        from data.roads import import_roads
+
+        return import_roads(sessions, path, crs=crs, source_name=source_name)
     checked = _load(path, layer, crs, source_name)
     report = ImportReport(
         layer=layer,

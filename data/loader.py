@@ -66,5 +66,9 @@ def load_district(
         counts["workers"] = repo.write_workers(session, district.workers)["inserted"]
         cases = add_case_history(district.cases, deadlines)
         counts["cases"] = repo.write_cases(session, cases)["inserted"]
+        if getattr(district, "roads", None) is not None and len(district.roads):
+            from data.roads import write_demo_roads
+
+            counts["road_edges"] = write_demo_roads(session, district.roads)
     counts["seconds"] = round(time.perf_counter() - started, 2)
     return counts

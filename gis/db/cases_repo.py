@@ -19,6 +19,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
+import shapely
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, aliased
 
@@ -135,8 +136,8 @@ def case_chain(session: Session, case: dict[str, Any]) -> list[dict[str, str]]:
 # -------------------------------------------------------------------- intake
 
 
-def _check_intake(session: Session, category_code, lon, lat, description, source) -> Category:
-    """Every intake check, before anything is written; errors name the field."""
+def _check_fields(lon, lat, description, source) -> None:
+    """The intake checks that need no database; errors name the field."""
     for name, value, top in (("lon", lon, 180), ("lat", lat, 90)):
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise InvalidInput(f"{name} must be a number", field=name)
@@ -152,13 +153,238 @@ def _check_intake(session: Session, category_code, lon, lat, description, source
         raise InvalidInput(
             f"source must be one of {', '.join(CASE_SOURCES)} (got {source!r})", field="source"
         )
-    category = session.get(Category, str(category_code)) if category_code else None
-    if category is None or category.level != "subclass":
-        raise InvalidInput(
-            f"unknown category {category_code!r}: use a subclass code from /api/v1/categories",
-            field="category",
+
+
+def _unknown_category(category_code) -> InvalidInput:
+    return InvalidInput(
+        f"unknown category {category_code!r}: use a subclass code from /api/v1/categories",
+        field="category",
+    )
+
+
+# Areas above a grid that the intake statement joins in one go (community, street,
+# district); a deeper chain is finished by walking, as `area_chain` does.
+_CHAIN_JOINS = 3
+_intake_statements: dict[str, sa.Select] = {}
+
+
+def _intake_statement(dialect: str) -> sa.Select:
+    """One statement for everything intake reads, built once per dialect.
+
+    For the point `:pt` (WKT) and the category `:category` it answers one row: the
+    category, the active generation, the lowest grid code covering the point with the
+    number of grids covering it (more than one: a shared edge or vertex), that grid's
+    chain of areas and the grid's active worker (lowest worker code). The grid comes
+    from the spatial index (GiST `&&` in PostGIS, SpatialIndex in SpatiaLite) and
+    `ST_Covers`, as in `repo.locate`.
+    """
+    stmt = _intake_statements.get(dialect)
+    if stmt is not None:
+        return stmt
+    areas, gens = Area.__table__, Generation.__table__
+    cats, workers, owners = Category.__table__, Worker.__table__, WorkerGrid.__table__
+    pt = sa.func.ST_GeomFromText(sa.bindparam("pt", type_=sa.String), repo.SRID)
+    active = sa.select(gens.c.id, gens.c.name).where(gens.c.status == "active").order_by(gens.c.id)
+    active_id = active.with_only_columns(gens.c.id).limit(1).scalar_subquery()
+    if dialect == "postgresql":
+        candidates = areas.c.geom.op("&&")(pt)
+    else:
+        frame = sa.func.ST_GeomFromText(sa.bindparam("frame", type_=sa.String), repo.SRID)
+        candidates = areas.c.id.in_(
+            sa.select(sa.column("rowid"))
+            .select_from(sa.table("SpatialIndex"))
+            .where(
+                sa.column("f_table_name") == areas.name,
+                sa.column("f_geometry_column") == "geom",
+                sa.column("search_frame") == frame,
+            )
         )
-    return category
+    hit = (
+        sa.select(sa.func.min(areas.c.code).label("code"), sa.func.count().label("n"))
+        .where(
+            areas.c.generation_id == active_id,
+            areas.c.level == "grid",
+            candidates,
+            sa.func.ST_Covers(areas.c.geom, pt),
+        )
+        .subquery("hit")
+    )
+    gen = active.limit(1).subquery("gen")
+    one = sa.select(sa.literal(1).label("one")).subquery("one")
+    owner_w = workers.alias("ow")
+    owner_id = (
+        sa.select(owners.c.worker_id)
+        .join(owner_w, owner_w.c.id == owners.c.worker_id)
+        .where(owners.c.grid_code == hit.c.code, owner_w.c.active.is_(True))
+        .order_by(owner_w.c.code)
+        .limit(1)
+        .scalar_subquery()
+    )
+    w = workers.alias("w")
+    cat = cats.alias("cat")
+    joined = (
+        one.outerjoin(cat, cat.c.code == sa.bindparam("category", type_=sa.String))
+        .outerjoin(gen, sa.true())
+        .outerjoin(hit, sa.true())
+    )
+    chain = [areas.alias("a0")]
+    joined = joined.outerjoin(
+        chain[0], sa.and_(chain[0].c.generation_id == gen.c.id, chain[0].c.code == hit.c.code)
+    )
+    for i in range(1, _CHAIN_JOINS + 1):
+        a = areas.alias(f"a{i}")
+        joined = joined.outerjoin(
+            a, sa.and_(a.c.generation_id == gen.c.id, a.c.code == chain[-1].c.parent_code)
+        )
+        chain.append(a)
+    joined = joined.outerjoin(w, w.c.id == owner_id)
+    columns = [
+        cat.c.code.label("cat_code"),
+        cat.c.level.label("cat_level"),
+        cat.c.name.label("cat_name"),
+        cat.c.department.label("cat_department"),
+        cat.c.deadline_h.label("cat_deadline_h"),
+        gen.c.id.label("gen_id"),
+        gen.c.name.label("gen_name"),
+        hit.c.code.label("grid"),
+        hit.c.n.label("covering"),
+        w.c.id.label("worker_id"),
+        w.c.code.label("worker_code"),
+        w.c.name.label("worker_name"),
+    ]
+    for i, a in enumerate(chain):
+        columns += [
+            a.c.level.label(f"a{i}_level"),
+            a.c.code.label(f"a{i}_code"),
+            a.c.name.label(f"a{i}_name"),
+            a.c.parent_code.label(f"a{i}_parent"),
+        ]
+    if dialect == "postgresql":
+        # The possible duplicates ride along as arrays: one round trip fewer.
+        from sqlalchemy.dialects.postgresql import aggregate_order_by
+
+        dups = _duplicates_statement(dialect, exclude=False).cte("dups")
+        for name, column in zip(_DUPLICATE_FIELDS, dups.c, strict=True):
+            agg = sa.func.array_agg(aggregate_order_by(column, dups.c.id))
+            columns.append(sa.select(agg).scalar_subquery().label(f"dup_{name}"))
+    stmt = sa.select(*columns).select_from(joined)
+    _intake_statements[dialect] = stmt
+    return stmt
+
+
+def _chain_of(session: Session, generation_id: int, row) -> list[dict[str, str]]:
+    """The grid's chain, grid first, from the intake row; walked on if deeper."""
+    chain: list[dict[str, str]] = []
+    parent = None
+    for i in range(_CHAIN_JOINS + 1):
+        code = row._mapping[f"a{i}_code"]
+        if code is None:
+            return chain
+        chain.append({"level": row._mapping[f"a{i}_level"], "code": code,
+                      "name": row._mapping[f"a{i}_name"]})  # fmt: skip
+        parent = row._mapping[f"a{i}_parent"]
+        if parent is None:
+            return chain
+    return chain + _walk_chain(session, generation_id, parent)
+
+
+def _walk_chain(session: Session, generation_id: int, code: str | None) -> list[dict[str, str]]:
+    """The areas from `code` upward, one query per level (the rare and the slow path)."""
+    chain = []
+    while code:
+        row = session.execute(
+            sa.select(Area.level, Area.code, Area.name, Area.parent_code).where(
+                Area.generation_id == generation_id, Area.code == code
+            )
+        ).first()
+        if row is None:
+            break
+        chain.append({"level": row.level, "code": row.code, "name": row.name})
+        code = row.parent_code
+    return chain
+
+
+_ROUTE_NOTES = {
+    "inside": "routed to grid {}",
+    "edge_rule": "on a shared boundary: routed to the lowest-coded grid {}",
+    "near_outside": "outside every grid: routed to the nearest grid {}",
+    "unrouted": "outside every grid and too far from any: waiting for a dispatcher",
+}
+
+_CASE_INSERT_PG = sa.text(
+    """
+    WITH n AS (SELECT nextval(pg_get_serial_sequence('cases', 'id')) AS id),
+    c AS (
+        INSERT INTO cases (
+            id, code, category_code, description, source, reporter_name, reporter_phone,
+            reporter_email, photo_url, status, grid_code, community_code, street_code,
+            generation_id, route_flag, worker_id, escalation_level, reported_at,
+            deadline_at, updated_at, geom
+        ) VALUES (
+            (SELECT id FROM n),
+            (SELECT :code_prefix || CASE WHEN id < 1000000 THEN lpad(CAST(id AS text), 6, '0')
+                                         ELSE CAST(id AS text) END FROM n),
+            :category_code, :description, :source, :reporter_name, :reporter_phone,
+            :reporter_email, :photo_url, :status, :grid_code, :community_code, :street_code,
+            :generation_id, :route_flag, :worker_id, 0, :reported_at,
+            :deadline_at, :updated_at, ST_GeomFromText(:wkt, 4326)
+        )
+        RETURNING id
+    )
+    INSERT INTO case_events (case_id, at, actor, action, from_status, to_status, note)
+    VALUES ((SELECT id FROM c), :reported_at, :actor, 'report', NULL, 'reported', :note)
+    RETURNING case_id
+    """
+)
+
+
+def _insert_case(session: Session, values: dict[str, Any], actor: str, note: str) -> int:
+    """Write the case and its 'report' event; the case's id (its code follows from it).
+
+    PostGIS: one statement (the id from the sequence, then both rows). SpatiaLite:
+    insert, set the code from the new id, insert the event.
+    """
+    reported_at = values["reported_at"]
+    code_prefix = f"C{reported_at:%Y%m%d}-"
+    if repo._is_postgis(session):
+        return session.execute(
+            _CASE_INSERT_PG,
+            {**values, "code_prefix": code_prefix, "actor": actor, "note": note},
+        ).scalar_one()
+    cases, events = Case.__table__, CaseEvent.__table__
+    row = dict(values)
+    wkt = row.pop("wkt")
+    # A placeholder until the id is known; the public code is derived from the id.
+    row.update(code=f"new-{uuid.uuid4().hex}", escalation_level=0,
+               geom=repo._geom_from_wkt(wkt))  # fmt: skip
+    case_id = session.execute(sa.insert(cases).values(row)).inserted_primary_key[0]
+    session.execute(
+        sa.update(cases).where(cases.c.id == case_id).values(code=f"{code_prefix}{case_id:06d}")
+    )
+    session.execute(
+        sa.insert(events).values(
+            case_id=case_id,
+            at=reported_at,
+            actor=actor,
+            action="report",
+            from_status=None,
+            to_status="reported",
+            note=note,
+        )  # fmt: skip
+    )
+    return case_id
+
+
+def intake_without_transaction(session: Session) -> None:
+    """Let a fresh session that only files one case skip BEGIN and COMMIT (PostGIS).
+
+    `create_case` only reads until its last statement, which writes the case and its
+    'report' event together on PostGIS, so that statement is the whole transaction:
+    no half-routed case can be left behind. Call before anything else in the session;
+    SpatiaLite (and everything else) keeps the caller's transaction.
+    """
+    if repo._is_postgis(session):
+        session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
 
 
 def create_case(
@@ -178,74 +404,132 @@ def create_case(
     near_outside_m: float = rules.NEAR_OUTSIDE_M,
     duplicate_radius_m: float = rules.DUPLICATE_RADIUS_M,
     duplicate_window_days: float = rules.DUPLICATE_WINDOW_DAYS,
+    with_chain: bool = False,
 ) -> dict[str, Any]:
     """File a case at a point (EPSG:4326): route it, assign the worker, set the deadline.
 
-    Returns the case dict plus `possible_duplicates` (open cases of the same category
-    nearby and recent) so a resident can follow one of those instead.
+    Returns the case dict (as `get_case` gives it) plus `possible_duplicates` (open
+    cases of the same category nearby and recent) so a resident can follow one of
+    those instead; with `with_chain`, also the grid's `chain` (as `case_chain`).
+
+    Online cost: one statement reads the category, the active generation, the grid
+    covering the point with its chain of areas and its worker; one finds the possible
+    duplicates; one (PostGIS) writes the case and its event. The answer is built from
+    the values written, not read back. Points outside every grid take the slower
+    nearest-grid path.
     """
     now = _now(now)
-    category = _check_intake(session, category_code, lon, lat, description, source)
-    generation = repo.require_active_generation(session)
-    grid_code, flag = route_point(session, lon, lat, generation, near_outside_m)
-    chain = area_chain(session, generation.id, grid_code) if grid_code else {}
-    worker = grid_worker(session, grid_code)
-    duplicates = find_duplicates(
-        session,
-        category_code=category.code,
-        lon=lon,
-        lat=lat,
-        now=now,
-        radius_m=duplicate_radius_m,
-        window_days=duplicate_window_days,
-    )
-    case = Case(
-        # A placeholder until the id is known; the public code is derived from the id.
-        code=f"new-{uuid.uuid4().hex}",
-        category_code=category.code,
-        description=description,
-        source=source,
-        reporter_name=reporter_name,
-        reporter_phone=reporter_phone,
-        reporter_email=reporter_email,
-        photo_url=photo_url,
-        status="reported",
-        grid_code=grid_code,
-        community_code=chain.get("community"),
-        street_code=chain.get("street"),
-        generation_id=generation.id,
-        route_flag=flag,
-        worker_id=worker.id if worker else None,
-        escalation_level=0,
-        reported_at=now,
-        deadline_at=rules.deadline_after(now, category.deadline_h),
-        updated_at=now,
-        geom=repo._geom_from_wkt(f"POINT({float(lon)!r} {float(lat)!r})"),
-    )
-    session.add(case)
+    _check_fields(lon, lat, description, source)
+    if not category_code:
+        raise _unknown_category(category_code)
+    lon, lat = float(lon), float(lat)
+    # Pending ORM changes first: the statements below are Core and do not autoflush.
     session.flush()
-    case.code = f"C{now:%Y%m%d}-{case.id:06d}"
-    note = {
-        "inside": f"routed to grid {grid_code}",
-        "edge_rule": f"on a shared boundary: routed to the lowest-coded grid {grid_code}",
-        "near_outside": f"outside every grid: routed to the nearest grid {grid_code}",
-        "unrouted": "outside every grid and too far from any: waiting for a dispatcher",
-    }[flag]
-    actor_label = actor.label if actor else source
-    session.add(
-        CaseEvent(
-            case_id=case.id,
-            at=now,
-            actor=actor_label,
-            action="report",
-            from_status=None,
-            to_status="reported",
-            note=note,
+    dialect = session.get_bind().dialect.name
+    params = {"pt": f"POINT({lon!r} {lat!r})", "category": str(category_code)}
+    if dialect == "postgresql":
+        params |= _duplicate_params(
+            lon, lat, now, duplicate_radius_m, duplicate_window_days, dialect
         )
-    )
-    session.flush()
-    out = get_case(session, case.id)
-    out["possible_duplicates"] = duplicates
+    else:
+        eps = 1e-9
+        params["frame"] = shapely.box(lon - eps, lat - eps, lon + eps, lat + eps).wkt
+    row = session.execute(_intake_statement(dialect), params).one()
+    if row.cat_code is None or row.cat_level != "subclass":
+        raise _unknown_category(category_code)
+    if row.gen_id is None:
+        raise NotFound("no active boundary generation: import areas first (wangge import areas)")
+    generation_id = row.gen_id
+    worker = (row.worker_id, row.worker_code, row.worker_name)
+    if row.grid is not None:
+        grid_code = row.grid
+        flag = "edge_rule" if row.covering > 1 else "inside"
+        chain = _chain_of(session, generation_id, row)
+    else:
+        grid_code, flag = None, "unrouted"
+        # Only a grid within near_outside_m matters (as in `route_point`): one query.
+        nearest = repo.nearest_area_within(session, lon, lat, generation_id, near_outside_m)
+        if nearest is not None:
+            grid_code, flag = nearest["code"], "near_outside"
+        chain = _walk_chain(session, generation_id, grid_code)
+        owner = grid_worker(session, grid_code)
+        worker = (owner.id, owner.code, owner.name) if owner else (None, None, None)
+    levels: dict[str, str] = {}
+    for area in chain:  # grid first: a higher area of the same level would win, as before
+        levels[area["level"]] = area["code"]
+    if dialect == "postgresql":
+        found = row._mapping
+        rows = list(zip(*(found[f"dup_{name}"] or () for name in _DUPLICATE_FIELDS), strict=True))
+        duplicates = _nearest_duplicates(lon, lat, rows, duplicate_radius_m, rules.DUPLICATES_SHOWN)
+    else:
+        duplicates = find_duplicates(
+            session,
+            category_code=row.cat_code,
+            lon=lon,
+            lat=lat,
+            now=now,
+            radius_m=duplicate_radius_m,
+            window_days=duplicate_window_days,
+        )
+    deadline = rules.deadline_after(now, row.cat_deadline_h)
+    values = {
+        "category_code": row.cat_code,
+        "description": description,
+        "source": source,
+        "reporter_name": reporter_name,
+        "reporter_phone": reporter_phone,
+        "reporter_email": reporter_email,
+        "photo_url": photo_url,
+        "status": "reported",
+        "grid_code": grid_code,
+        "community_code": levels.get("community"),
+        "street_code": levels.get("street"),
+        "generation_id": generation_id,
+        "route_flag": flag,
+        "worker_id": worker[0],
+        "reported_at": now,
+        "deadline_at": deadline,
+        "updated_at": now,
+        "wkt": f"POINT({lon!r} {lat!r})",
+    }
+    note = _ROUTE_NOTES[flag].format(grid_code)
+    case_id = _insert_case(session, values, actor.label if actor else source, note)
+    out = {
+        "id": case_id,
+        "code": f"C{now:%Y%m%d}-{case_id:06d}",
+        "category_code": row.cat_code,
+        "category_name": row.cat_name,
+        "department": row.cat_department,
+        "description": description,
+        "source": source,
+        "status": "reported",
+        "status_note": None,
+        "grid_code": grid_code,
+        "community_code": values["community_code"],
+        "street_code": values["street_code"],
+        "generation_id": generation_id,
+        "route_flag": flag,
+        "worker_code": worker[1],
+        "worker_name": worker[2],
+        "escalation_level": 0,
+        "escalated_to": None,
+        "deadline_at": _iso(deadline),
+        "reported_at": _iso(now),
+        "resolved_at": None,
+        "closed_at": None,
+        "updated_at": _iso(now),
+        "rating": None,
+        "duplicate_of": None,
+        "lon": round(lon, 7),
+        "lat": round(lat, 7),
+        "photo_url": photo_url,
+        "reporter_name": reporter_name,
+        "reporter_phone": reporter_phone,
+        "reporter_email": reporter_email,
+        "possible_duplicates": duplicates,
+    }
+    if with_chain:
+        out["chain"] = chain[::-1]
     return out
 
 
@@ -256,6 +540,71 @@ def _haversine_m(lon1, lat1, lon2, lat2):
         + np.cos(lat1) * np.cos(lat2) * np.sin((lon2 - lon1) / 2) ** 2
     )
     return 2 * EARTH_RADIUS_M * np.arcsin(np.sqrt(a))
+
+
+_duplicate_statements: dict[tuple[str, bool], sa.Select] = {}
+_DUPLICATE_FIELDS = ("id", "code", "status", "reported_at", "grid_code", "x", "y")
+
+
+def _duplicates_statement(dialect: str, exclude: bool) -> sa.Select:
+    """Open cases of `:category` reported in [`:since`, `:until`] whose point's box
+    meets the box `:x0 :y0 :x1 :y1`, from the spatial index; built once per dialect."""
+    key = (dialect, exclude)
+    stmt = _duplicate_statements.get(key)
+    if stmt is not None:
+        return stmt
+    cases = Case.__table__
+    if dialect == "postgresql":
+        box = sa.func.ST_MakeEnvelope(
+            sa.bindparam("x0"), sa.bindparam("y0"), sa.bindparam("x1"), sa.bindparam("y1"),
+            repo.SRID,
+        )  # fmt: skip
+        # The cases in the box first, by the GiST index, and only then the category,
+        # status and time filters: fenced, so the planner cannot AND in the index on
+        # reported_at, whose row estimates go stale as new cases arrive (seen here:
+        # 25,000 index entries read to find none, 1.2 ms instead of 0.05).
+        fenced = (
+            sa.select(
+                *(cases.c[k] for k in ("id", "code", "status", "reported_at", "grid_code")),
+                cases.c.category_code,
+                cases.c.geom,
+            )
+            .where(cases.c.geom.op("&&")(box))
+            .cte("cases_in_box")
+            .prefix_with("MATERIALIZED", dialect="postgresql")
+        )
+        cases = fenced
+        near = sa.true()
+    else:
+        frame = sa.func.ST_GeomFromText(sa.bindparam("frame", type_=sa.String), repo.SRID)
+        near = cases.c.id.in_(
+            sa.select(sa.column("rowid"))
+            .select_from(sa.table("SpatialIndex"))
+            .where(
+                sa.column("f_table_name") == cases.name,
+                sa.column("f_geometry_column") == "geom",
+                sa.column("search_frame") == frame,
+            )
+        )
+    stmt = sa.select(
+        cases.c.id,
+        cases.c.code,
+        cases.c.status,
+        cases.c.reported_at,
+        cases.c.grid_code,
+        sa.func.ST_X(cases.c.geom).label("x"),
+        sa.func.ST_Y(cases.c.geom).label("y"),
+    ).where(
+        cases.c.category_code == sa.bindparam("category", type_=sa.String),
+        cases.c.status.in_(rules.OPEN_STATUSES),
+        cases.c.reported_at >= sa.bindparam("since", type_=cases.c.reported_at.type),
+        cases.c.reported_at <= sa.bindparam("until", type_=cases.c.reported_at.type),
+        near,
+    )
+    if exclude:
+        stmt = stmt.where(cases.c.id != sa.bindparam("exclude_id", type_=sa.Integer))
+    _duplicate_statements[key] = stmt
+    return stmt
 
 
 def find_duplicates(
@@ -272,42 +621,46 @@ def find_duplicates(
 ) -> list[dict[str, Any]]:
     """Open cases of one category within `radius_m` reported in the last `window_days`.
 
-    The spatial index narrows candidates to a box; the great-circle distance then
-    decides, so both stores answer the same. Nearest first.
+    One indexed statement: the spatial index narrows candidates to a box (GiST `&&`
+    in PostGIS, SpatialIndex in SpatiaLite); the great-circle distance then decides,
+    so both stores answer the same. Nearest first.
     """
     now = _now(now)
+    dialect = session.get_bind().dialect.name
+    params = _duplicate_params(lon, lat, now, radius_m, window_days, dialect)
+    params["category"] = category_code
+    if exclude_id is not None:
+        params["exclude_id"] = exclude_id
+    rows = session.execute(_duplicates_statement(dialect, exclude_id is not None), params).all()
+    return _nearest_duplicates(lon, lat, rows, radius_m, limit)
+
+
+def _duplicate_params(lon, lat, now, radius_m, window_days, dialect) -> dict[str, Any]:
+    """The search box (the radius, widened) and time window of `_duplicates_statement`."""
     dlat = radius_m / 111_000.0 * 1.1
     dlon = dlat / max(math.cos(math.radians(lat)), 0.01)
-    box = (lon - dlon, lat - dlat, lon + dlon, lat + dlat)
-    table = Case.__table__
-    stmt = sa.select(
-        Case.id,
-        Case.code,
-        Case.status,
-        Case.reported_at,
-        Case.grid_code,
-        sa.func.ST_X(Case.geom),
-        sa.func.ST_Y(Case.geom),
-    ).where(
-        Case.category_code == category_code,
-        Case.status.in_(rules.OPEN_STATUSES),
-        Case.reported_at >= now - timedelta(days=window_days),
-        Case.reported_at <= now,
-        repo._spatial_candidates(session, table.c.geom, box),
-    )
-    if exclude_id is not None:
-        stmt = stmt.where(Case.id != exclude_id)
-    rows = session.execute(stmt).all()
+    x0, y0, x1, y1 = lon - dlon, lat - dlat, lon + dlon, lat + dlat
+    params: dict[str, Any] = {"since": now - timedelta(days=window_days), "until": now}
+    if dialect == "postgresql":
+        params |= {"x0": x0, "y0": y0, "x1": x1, "y1": y1}
+    else:
+        params["frame"] = shapely.box(x0, y0, x1, y1).wkt
+    return params
+
+
+def _nearest_duplicates(lon, lat, rows, radius_m, limit) -> list[dict[str, Any]]:
+    """Candidates (id, code, status, reported_at, grid_code, x, y) within `radius_m`
+    by great-circle distance, nearest first."""
     if not rows:
         return []
     dist = _haversine_m(lon, lat, np.array([r[5] for r in rows]), np.array([r[6] for r in rows]))
     found = [
         {
-            "id": r.id,
-            "code": r.code,
-            "status": r.status,
-            "grid_code": r.grid_code,
-            "reported_at": _iso(r.reported_at),
+            "id": r[0],
+            "code": r[1],
+            "status": r[2],
+            "grid_code": r[4],
+            "reported_at": _iso(r[3]),
             "distance_m": round(float(d), 1),
         }
         for r, d in zip(rows, dist, strict=True)

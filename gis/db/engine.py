@@ -65,7 +65,11 @@ def make_engine(url: str, *, echo: bool = False) -> Engine:
         sa.event.listen(engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN"))
         return engine
     if url.startswith("postgresql"):
-        return sa.create_engine(url, echo=echo, pool_pre_ping=True)
+        # pool_size: connections kept open per process. Past it, "overflow" connections
+        # are opened per checkout and closed on return, and a new PostgreSQL backend
+        # per request is what made intake collapse under load (SQLAlchemy's default
+        # keeps 5; a uvicorn worker runs up to 40 handlers in its thread pool).
+        return sa.create_engine(url, echo=echo, pool_pre_ping=True, pool_size=10, max_overflow=30)
     raise ValueError(f"unsupported database URL {url!r}: use postgresql+psycopg:// or sqlite://")
 
 

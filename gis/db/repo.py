@@ -353,6 +353,46 @@ def locate(
     return result
 
 
+def _level_geoms(
+    session: Session, generation_id: int, level: str, box: tuple[float, float, float, float]
+) -> tuple[list[str], list[str], np.ndarray]:
+    """Codes, names and geometries of a generation's areas of one level meeting `box`.
+
+    What `areas_gdf(..., bbox=box)` selects, without the count and the GeoDataFrame
+    (which cost more than the query for the few areas an online lookup needs).
+    """
+    rows = session.execute(
+        sa.select(Area.code, Area.name, sa.func.ST_AsBinary(Area.geom)).where(
+            Area.generation_id == generation_id,
+            Area.level == level,
+            _bbox_filter(session, Area.__table__.c.geom, box),
+        )
+    ).all()
+    geoms = shapely.from_wkb([bytes(r[2]) for r in rows]) if rows else np.empty(0, dtype=object)
+    return [r[0] for r in rows], [r[1] for r in rows], geoms
+
+
+def _nearest_of(
+    lon: float, lat: float, codes: list[str], names: list[str], geoms: np.ndarray
+) -> dict[str, Any]:
+    """The nearest of some areas (lowest code on a tie) in the local plane at the point."""
+    m_lon, m_lat = metres_per_degree(lat)
+
+    def to_local(xy: np.ndarray) -> np.ndarray:
+        return np.column_stack([(xy[:, 0] - lon) * m_lon, (xy[:, 1] - lat) * m_lat])
+
+    dist = shapely.distance(shapely.transform(geoms, to_local), shapely.Point(0, 0))
+    i = int(np.lexsort((np.asarray(codes, dtype=str), dist))[0])
+    return {"code": codes[i], "name": names[i], "distance_m": round(float(dist[i]), 2)}
+
+
+def _box_around(lon: float, lat: float, metres: float) -> tuple[float, float, float, float]:
+    """A box holding every point within `metres` of (lon, lat) in the local plane."""
+    m_lon, m_lat = metres_per_degree(lat)
+    half_lon, half_lat = metres / m_lon * 1.01 + 1e-7, metres / m_lat * 1.01 + 1e-7
+    return (lon - half_lon, lat - half_lat, lon + half_lon, lat + half_lat)
+
+
 def nearest_area(
     session: Session, lon: float, lat: float, generation: Generation, level: str = "grid"
 ) -> dict[str, Any] | None:
@@ -364,34 +404,39 @@ def nearest_area(
     costs nothing to set up, unlike a pyproj projection per request. Both stores
     give the same answer.
     """
-    m_lon, m_lat = metres_per_degree(lat)
-
-    def to_local(xy: np.ndarray) -> np.ndarray:
-        return np.column_stack([(xy[:, 0] - lon) * m_lon, (xy[:, 1] - lat) * m_lat])
-
     radius_deg = 0.01
     for _ in range(12):
         box = (lon - radius_deg, lat - radius_deg, lon + radius_deg, lat + radius_deg)
-        frame, _total = areas_gdf(session, generation.id, level=level, bbox=box)
-        if len(frame):
+        codes, names, geoms = _level_geoms(session, generation.id, level, box)
+        if codes:
             break
         radius_deg *= 4
     else:
         return None
     # Anything nearer than the best candidate lies inside a box of that radius.
-    origin = shapely.Point(0, 0)
-    best = float(shapely.distance(shapely.transform(frame.geometry.values, to_local), origin).min())
-    half_lon, half_lat = best / m_lon * 1.01 + 1e-7, best / m_lat * 1.01 + 1e-7
-    box = (lon - half_lon, lat - half_lat, lon + half_lon, lat + half_lat)
-    frame, _total = areas_gdf(session, generation.id, level=level, bbox=box)
-    dist = shapely.distance(shapely.transform(frame.geometry.values, to_local), origin)
-    order = np.lexsort((frame["code"].to_numpy(dtype=str), dist))
-    i = int(order[0])
-    return {
-        "code": frame["code"].iat[i],
-        "name": frame["name"].iat[i],
-        "distance_m": round(float(dist[i]), 2),
-    }
+    best = _nearest_of(lon, lat, codes, names, geoms)
+    box = _box_around(lon, lat, best["distance_m"] + 0.005)
+    return _nearest_of(lon, lat, *_level_geoms(session, generation.id, level, box))
+
+
+def nearest_area_within(
+    session: Session,
+    lon: float,
+    lat: float,
+    generation_id: int,
+    metres: float,
+    level: str = "grid",
+) -> dict[str, Any] | None:
+    """`nearest_area` when its distance is at most `metres`, else None, in one query.
+
+    The same answer (the nearest by distance, then code; distance rounded to the cm as
+    there), since every area that near meets the box searched.
+    """
+    codes, names, geoms = _level_geoms(session, generation_id, level, _box_around(lon, lat, metres))
+    if not codes:
+        return None
+    best = _nearest_of(lon, lat, codes, names, geoms)
+    return best if best["distance_m"] <= metres else None
 
 
 # ------------------------------------------------------------------ buildings

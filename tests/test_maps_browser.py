@@ -1,0 +1,196 @@
+"""The served maps in real headless Chromium (Debian's chromium + chromedriver).
+
+The small demo district is loaded once into a SpatiaLite store and served by a real
+uvicorn server; each map is loaded once. Every request the page makes must succeed and
+stay on the test server, the console must hold no errors, and the Leaflet layers must
+be there (counted from the map object). A screenshot of each map goes to
+test-artifacts/. The served data on both stores is checked in tests/test_maps.py.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+
+from api.settings import Settings
+from data.demo import generate_district
+from data.loader import load_district
+from gis.db.engine import make_engine, make_sessionmaker, migrate
+from tests.server import serve
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+
+# Counts Leaflet layers on the page's map by kind; a GeoJSON feature's id is its code.
+COUNT_LAYERS_JS = """
+const map = Object.values(window).find(v => v instanceof L.Map);
+const out = {polygons: {}, circleMarkers: 0, circles: 0, polylines: 0, clusters: 0,
+             clustered: 0, heat: 0, legends: [], overlays: 0};
+map.eachLayer(l => {
+  if (L.MarkerClusterGroup && l instanceof L.MarkerClusterGroup) { out.clusters++;
+    out.clustered += l.getLayers().length; return; }
+  if (L.HeatLayer && l instanceof L.HeatLayer) { out.heat++; return; }
+  if (l instanceof L.Circle) { out.circles++; return; }
+  if (l instanceof L.CircleMarker) { out.circleMarkers++; return; }
+  if (l instanceof L.Polygon) { const n = l.feature ? String(l.feature.id).length : 0;
+    out.polygons[n] = (out.polygons[n] || 0) + 1; return; }
+  if (l instanceof L.Polyline) { out.polylines++; return; }
+});
+document.querySelectorAll('.wangge-legend').forEach(d => out.legends.push(d.dataset.legend));
+out.overlays = document.querySelectorAll('.leaflet-control-layers-overlays label').length;
+return out;
+"""
+
+
+@pytest.fixture(scope="module")
+def demo_server(tmp_path_factory):
+    """The small demo on SpatiaLite, served; yields (base URL, API facts)."""
+    url = f"sqlite:///{tmp_path_factory.mktemp('maps') / 'demo.sqlite'}"
+    engine = make_engine(url)
+    migrate(engine)
+    load_district(make_sessionmaker(engine), generate_district("small"))
+    engine.dispose()
+    with serve(Settings(database_url=url)) as base:
+        api = f"{base}/api/v1"
+        grids = httpx.get(f"{api}/areas", params={"level": "grid", "limit": 1}).json()
+        stations = httpx.get(f"{api}/stations", params={"limit": 1}).json()
+        facts = {
+            "grids": grids["numberMatched"],
+            "first_grid": grids["features"][0]["properties"]["code"],
+            "stations": stations["numberMatched"],
+        }
+        yield base, facts
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        "--window-size=1280,900",
+        f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}",
+    ):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver.get("about:blank")
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def load_page(driver, url: str) -> dict:
+    """Load `url`; return its requests, failures and console errors, and layer counts."""
+    driver.get_log("performance")  # drop entries from earlier pages
+    driver.get_log("browser")
+    driver.get(url)
+    deadline = time.monotonic() + 10
+    while driver.execute_script("return document.readyState") != "complete":
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{url} did not finish loading")
+        time.sleep(0.05)
+    time.sleep(0.5)  # let Leaflet draw and the heat layer paint
+    # Only requests made by the map page count; the browser's own start page is not ours.
+    url_of, failed = {}, []
+    for entry in driver.get_log("performance"):
+        message = json.loads(entry["message"])["message"]
+        method, params = message["method"], message.get("params", {})
+        if method == "Network.requestWillBeSent" and params.get("documentURL") == url:
+            url_of[params["requestId"]] = params["request"]["url"]
+        elif method == "Network.loadingFailed" and params["requestId"] in url_of:
+            failed.append((url_of[params["requestId"]], params["errorText"]))
+        elif method == "Network.responseReceived" and params["response"]["status"] >= 400:
+            failed.append((params["response"]["url"], params["response"]["status"]))
+    requests = list(url_of.values())
+    errors = [e for e in driver.get_log("browser") if e["level"] in ("SEVERE", "ERROR")]
+    return {
+        "requests": requests,
+        "failed": failed,
+        "errors": errors,
+        "layers": driver.execute_script(COUNT_LAYERS_JS),
+    }
+
+
+def check_clean(page: dict, base: str) -> None:
+    assert page["failed"] == []
+    assert page["errors"] == []
+    outside = [u for u in page["requests"] if not u.startswith((base, "data:"))]
+    assert outside == [], "requests left the machine"
+    assert any(u.endswith("/maps/static/leaflet/leaflet.js") for u in page["requests"])
+
+
+def screenshot(driver, name: str) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    driver.save_screenshot(str(ARTIFACTS / f"map-{name}.png"))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _need_chromium():
+    # A missing browser fails the run rather than skipping it (conftest forbids skips).
+    assert shutil.which(CHROMIUM) and shutil.which(CHROMEDRIVER), "install chromium-driver"
+
+
+def test_coverage_map_in_browser(demo_server, browser):
+    base, facts = demo_server
+    page = load_page(browser, f"{base}/maps/coverage")
+    check_clean(page, base)
+    layers = page["layers"]
+    assert layers["polygons"]["15"] == facts["grids"]  # grids have 15-digit codes
+    assert layers["polygons"]["12"] >= 1  # community outlines
+    assert layers["polygons"]["9"] >= 1  # street outlines
+    assert layers["circleMarkers"] == facts["stations"]
+    assert layers["circles"] == facts["stations"]  # 10-minute radius of each station
+    assert sorted(layers["legends"]) == ["share", "station_kind"]
+    screenshot(browser, "coverage")
+
+
+def test_grid_map_in_browser(demo_server, browser):
+    base, facts = demo_server
+    page = load_page(browser, f"{base}/maps/grids/{facts['first_grid']}?lang=en")
+    check_clean(page, base)
+    layers = page["layers"]
+    assert layers["polygons"]["15"] >= 2  # the grid and its neighbours
+    assert sum(v for k, v in layers["polygons"].items() if k != "15") >= 1  # buildings
+    assert "Grid" in browser.title
+    screenshot(browser, "grid")
+
+
+def test_nearest_map_in_browser(demo_server, browser):
+    base, _facts = demo_server
+    page = load_page(browser, f"{base}/maps/nearest?lon=123.43&lat=41.80&k=3")
+    check_clean(page, base)
+    layers = page["layers"]
+    assert layers["circleMarkers"] == 3 + 1  # three stations and the resident
+    assert layers["polylines"] == 3  # one route (or straight line) to each
+    assert layers["legends"] == ["nearest"]
+    screenshot(browser, "nearest")
+
+
+def test_cases_map_in_browser(demo_server, browser):
+    base, _facts = demo_server
+    page = load_page(browser, f"{base}/maps/cases")
+    check_clean(page, base)
+    layers = page["layers"]
+    assert layers["heat"] == 1
+    assert layers["clusters"] >= 5  # one cluster layer per category class with cases
+    assert layers["clustered"] > 0
+    assert layers["legends"] == ["case_status"]
+    screenshot(browser, "cases")
