@@ -95,10 +95,10 @@ def _plain(value):
         return None
     if isinstance(value, float | np.floating):
         return None if math.isnan(value) else round(float(value), 2)
-    if isinstance(value, np.integer):
-        return int(value)
     if isinstance(value, np.bool_ | bool):
         return bool(value)
+    if isinstance(value, int | np.integer):
+        return int(value)
     if isinstance(value, pd.Timestamp):
         return None if pd.isna(value) else value.strftime("%Y-%m-%d %H:%M")
     if value is pd.NaT or value is pd.NA:

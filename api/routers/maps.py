@@ -30,7 +30,7 @@ from maps.basemap import parse_basemap
 router = APIRouter(prefix="/maps", tags=["maps"])
 
 Lang = Annotated[Literal["zh", "en"], Query(description="labels: zh (default) or en")]
-CASES_SHOWN_MAX = 20_000  # markers beyond this make the page slow; narrow the time range
+CASES_SHOWN_MAX = 10_000  # newest first; more markers make the page heavy (>5 MB)
 
 
 def _html(fmap) -> HTMLResponse:
@@ -190,6 +190,12 @@ def cases_map(
     if category is not None and not (category.isdigit() and len(category) in (2, 4)):
         raise invalid_parameter("category", "must be a 2- or 4-digit category code", value=category)
     start, end = _parse_time("since", since), _parse_time("until", until)
+    fmap = build_cases_map(session, start, end, category, lang, _basemap(settings))
+    return _html(fmap)
+
+
+def build_cases_map(session: Session, start, end, category, lang, basemap):
+    """The cases map for a time range (default: the 30 days up to the newest case)."""
     if start is None:
         newest = maps_repo.latest_case_time(session)
         if newest is not None:
@@ -201,20 +207,16 @@ def cases_map(
     gen = repo.require_active_generation(session)
     grids, _ = repo.areas_gdf(session, gen.id, level="grid")
     names = maps_repo.category_names(session, lang)
-    period = (
-        f"{start:%Y-%m-%d}" if start else "…",
-        f"{end:%Y-%m-%d}" if end else "…",
-    )
-    fmap = render.render_cases(
+    period = (f"{start:%Y-%m-%d}" if start else "…", f"{end:%Y-%m-%d}" if end else "…")
+    return render.render_cases(
         cases,
         grids_gdf=grids,
         category_names=names,
         class_names=names,
         period=period,
         lang=lang,
-        basemap=_basemap(settings),
+        basemap=basemap,
     )
-    return _html(fmap)
 
 
 @router.get("/static/{path:path}", include_in_schema=False)
