@@ -57,11 +57,18 @@ class PostGISServer:
 
     def start(self) -> None:
         self._run(
-            str(self.bindir / "pg_ctl"), "-D", str(self.datadir), "-w", "-t", "60",
-            "-l", str(self.datadir / "server.log"),
-            "-o", f"-p {self.port} -k {self.datadir} -c listen_addresses=127.0.0.1 "
-                  "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
-                  "-c max_connections=200",
+            str(self.bindir / "pg_ctl"),
+            "-D",
+            str(self.datadir),
+            "-w",
+            "-t",
+            "60",
+            "-l",
+            str(self.datadir / "server.log"),
+            "-o",
+            f"-p {self.port} -k {self.datadir} -c listen_addresses=127.0.0.1 "
+            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
+            "-c max_connections=200",
             "start",
         )
 
@@ -83,8 +90,17 @@ def start_postgis() -> PostGISServer:
         shutil.chown(root, user)
         os.chmod(root, 0o755)
     server = PostGISServer(bindir, datadir, _free_port(), user)
-    server._run(str(bindir / "initdb"), "-D", str(datadir), "-U", "postgres",
-                "--auth=trust", "-E", "UTF8", "--locale=C.UTF-8")
+    server._run(
+        str(bindir / "initdb"),
+        "-D",
+        str(datadir),
+        "-U",
+        "postgres",
+        "--auth=trust",
+        "-E",
+        "UTF8",
+        "--locale=C.UTF-8",
+    )
     server.start()
     return server
 

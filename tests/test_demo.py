@@ -89,27 +89,43 @@ def check_exact_tiling(parent: shapely.Polygon, children: np.ndarray) -> None:
 def test_order_row_major_reads_rows_from_the_north_west():
     """Six boxes in two wobbly rows, given in scrambled order:
 
-        b(0) c(1) a(2)        north row: x = 0, 1, 2 (y wobbles by a tenth of a box)
-        e(3) f(4) d(5)        south row
+    b(0) c(1) a(2)        north row: x = 0, 1, 2 (y wobbles by a tenth of a box)
+    e(3) f(4) d(5)        south row
     """
     size = 0.002  # degrees, about 200 m
     lon0, lat0 = 123.43, 41.80
-    layout = {"a": (2, 0.0), "b": (0, 0.1), "c": (1, -0.1), "d": (2, -1.0), "e": (0, -1.1),
-              "f": (1, -0.9)}
+    layout = {
+        "a": (2, 0.0),
+        "b": (0, 0.1),
+        "c": (1, -0.1),
+        "d": (2, -1.0),
+        "e": (0, -1.1),
+        "f": (1, -0.9),
+    }
     labels = list(layout)
-    boxes = np.array([
-        shapely.box(lon0 + x * size, lat0 + y * size, lon0 + (x + 0.9) * size,
-                    lat0 + (y + 0.9) * size)
-        for x, y in layout.values()
-    ])
+    boxes = np.array(
+        [
+            shapely.box(
+                lon0 + x * size, lat0 + y * size, lon0 + (x + 0.9) * size, lat0 + (y + 0.9) * size
+            )
+            for x, y in layout.values()
+        ]
+    )
     order = order_row_major(boxes)
     assert [labels[i] for i in order] == ["b", "c", "a", "e", "f", "d"]
 
 
 def test_opening_hours_grammar_rejects_malformed_strings():
     good = ["24/7", "Mo-Fr 08:30-17:30; Sa 09:00-12:00", "Mo-Su 18:00-02:00"]
-    bad = ["Mo-Fr 8:30-17:30", "Mo-Fr 08:30-17:30;Sa 09:00-12:00", "Mon 09:00-12:00",
-           "Mo-Fr 08:30-24:00", "", "Mo-Fr", "24/7; Sa 09:00-12:00"]
+    bad = [
+        "Mo-Fr 8:30-17:30",
+        "Mo-Fr 08:30-17:30;Sa 09:00-12:00",
+        "Mon 09:00-12:00",
+        "Mo-Fr 08:30-24:00",
+        "",
+        "Mo-Fr",
+        "24/7; Sa 09:00-12:00",
+    ]
     assert all(OPENING_HOURS_RE.match(s) for s in good)
     assert not any(OPENING_HOURS_RE.match(s) for s in bad)
 
@@ -162,8 +178,9 @@ def test_area_codes_follow_db11_and_chain_to_parents(district):
         children = level(areas, child_level)
         parents = by_code.loc[children["parent_code"], "level"]
         assert (parents == parent_level).all()
-        assert all(c[:-3] == p for c, p in zip(children["code"], children["parent_code"],
-                                               strict=True))
+        assert all(
+            c[:-3] == p for c, p in zip(children["code"], children["parent_code"], strict=True)
+        )
         # Sequences within a parent are 001, 002, ... without gaps.
         for _, group in children.groupby("parent_code"):
             seq = sorted(int(c[-3:]) for c in group["code"])
@@ -251,8 +268,9 @@ def test_each_building_lies_strictly_inside_exactly_one_grid(district):
     grid_geom = grids.set_index("code").geometry.loc[buildings["grid_code"]].values
     assert (shapely.distance(buildings.geometry.values, shapely.boundary(grid_geom)) > 0).all()
     parent = grids.set_index("code")["parent_code"]
-    assert (buildings["community_code"].to_numpy()
-            == parent.loc[buildings["grid_code"]].to_numpy()).all()
+    assert (
+        buildings["community_code"].to_numpy() == parent.loc[buildings["grid_code"]].to_numpy()
+    ).all()
 
 
 def test_buildings_do_not_overlap(district):
@@ -270,8 +288,17 @@ def test_every_grid_has_buildings_and_households(district):
 
 def test_building_attributes_are_plausible(district):
     b = district.buildings
-    assert list(b.columns) == ["code", "name", "address", "households", "population", "floors",
-                               "grid_code", "community_code", "geometry"]
+    assert list(b.columns) == [
+        "code",
+        "name",
+        "address",
+        "households",
+        "population",
+        "floors",
+        "grid_code",
+        "community_code",
+        "geometry",
+    ]
     for col in ("households", "population", "floors"):
         assert b[col].dtype == np.int64
     assert (b["households"] >= 0).all() and (b["floors"] >= 1).all()
@@ -342,8 +369,12 @@ def test_district_and_street_boundaries_are_primary_roads(district):
 # ---------------------------------------------------------------------------------------------
 def test_station_kind_labels():
     assert STATION_KINDS == {
-        "neighbourhood": "近邻驿站", "new_employment": "暖新驿站", "convenience": "便民驿站",
-        "shared": "共享驿站", "party_service": "党群服务中心", "mediation": "评理议事厅",
+        "neighbourhood": "近邻驿站",
+        "new_employment": "暖新驿站",
+        "convenience": "便民驿站",
+        "shared": "共享驿站",
+        "party_service": "党群服务中心",
+        "mediation": "评理议事厅",
         "health": "健康驿站",
     }
 
@@ -351,8 +382,17 @@ def test_station_kind_labels():
 def test_stations_are_well_formed_and_inside_the_district(district):
     s = district.stations
     assert s.crs.to_epsg() == 4326
-    assert list(s.columns) == ["code", "name", "kind", "address", "services", "opening_hours",
-                               "capacity", "phone", "geometry"]
+    assert list(s.columns) == [
+        "code",
+        "name",
+        "kind",
+        "address",
+        "services",
+        "opening_hours",
+        "capacity",
+        "phone",
+        "geometry",
+    ]
     assert s["code"].is_unique and s["name"].is_unique
     assert set(s["kind"]) <= set(STATION_KINDS)
     for hours in s["opening_hours"]:
@@ -431,8 +471,14 @@ def test_worker_table_is_well_formed(district):
 def test_cases_are_well_formed(district):
     c = district.cases
     assert c.crs.to_epsg() == 4326
-    assert list(c.columns) == ["code", "category_code", "description", "source", "reported_at",
-                               "geometry"]
+    assert list(c.columns) == [
+        "code",
+        "category_code",
+        "description",
+        "source",
+        "reported_at",
+        "geometry",
+    ]
     assert str(c["reported_at"].dtype) == "datetime64[ns, UTC]"
     assert c["code"].is_unique
     assert set(c["source"]) == {"resident", "worker", "hotline"}
@@ -454,8 +500,9 @@ def test_case_descriptions_name_their_subclass(small):
     tree = json.loads(CATEGORIES_JSON.read_text("utf-8"))
     name = {s["code"]: s["name"] for cls in tree["classes"] for s in cls["subclasses"]}
     c = small.cases
-    assert all(name[code] in text for code, text in zip(c["category_code"], c["description"],
-                                                         strict=True))
+    assert all(
+        name[code] in text for code, text in zip(c["category_code"], c["description"], strict=True)
+    )
 
 
 def test_cases_follow_daily_weekly_and_seasonal_cycles(small):
@@ -523,8 +570,9 @@ def test_different_seed_gives_different_output(tiny):
     second = frames_of(other)
     for name in ("areas", "buildings", "cases"):
         assert not first[name].equals(second[name])
-    assert not np.array_equal(first["areas"]["geometry"].to_numpy(),
-                              second["areas"]["geometry"].to_numpy())
+    assert not np.array_equal(
+        first["areas"]["geometry"].to_numpy(), second["areas"]["geometry"].to_numpy()
+    )
 
 
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -540,13 +588,18 @@ def test_invariants_hold_for_any_seed(seed):
     assert shapely.is_valid(areas.geometry.values).all()
     grids = level(areas, "grid")
     b_idx, g_idx = shapely.STRtree(grids.geometry.values).query(
-        d.buildings.geometry.values, predicate="within")
+        d.buildings.geometry.values, predicate="within"
+    )
     assert (np.bincount(b_idx, minlength=len(d.buildings)) == 1).all()
-    assert (grids["code"].to_numpy()[g_idx[np.argsort(b_idx)]]
-            == d.buildings["grid_code"].to_numpy()).all()
+    assert (
+        grids["code"].to_numpy()[g_idx[np.argsort(b_idx)]] == d.buildings["grid_code"].to_numpy()
+    ).all()
     hh = d.buildings.groupby("grid_code")["households"].sum()
     assert hh.between(300, 500).mean() >= 0.8
     assert shapely.contains(whole, d.cases.geometry.values).all()
-    owned = [g for codes in d.workers.loc[d.workers["role"] == "grid_worker", "grid_codes"]
-             for g in codes.split(";")]
+    owned = [
+        g
+        for codes in d.workers.loc[d.workers["role"] == "grid_worker", "grid_codes"]
+        for g in codes.split(";")
+    ]
     assert sorted(owned) == sorted(grids["code"])

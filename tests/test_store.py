@@ -20,13 +20,24 @@ from gis.errors import Conflict
 def _grid_layer(prefix: str = "210199001001", x0: float = 123.40, n: int = 2) -> gpd.GeoDataFrame:
     """A community split into n grids side by side (0.01° wide each)."""
     rows = [
-        {"code": prefix, "name": "社区", "level": "community", "parent_code": None,
-         "geometry": box(x0, 41.80, x0 + 0.01 * n, 41.81)},
+        {
+            "code": prefix,
+            "name": "社区",
+            "level": "community",
+            "parent_code": None,
+            "geometry": box(x0, 41.80, x0 + 0.01 * n, 41.81),
+        },
     ]
     for i in range(n):
-        rows.append({"code": f"{prefix}{i + 1:03d}", "name": f"第{i + 1}网格", "level": "grid",
-                     "parent_code": prefix,
-                     "geometry": box(x0 + 0.01 * i, 41.80, x0 + 0.01 * (i + 1), 41.81)})
+        rows.append(
+            {
+                "code": f"{prefix}{i + 1:03d}",
+                "name": f"第{i + 1}网格",
+                "level": "grid",
+                "parent_code": prefix,
+                "geometry": box(x0 + 0.01 * i, 41.80, x0 + 0.01 * (i + 1), 41.81),
+            }
+        )
     return gpd.GeoDataFrame(rows, crs=4326)
 
 
@@ -37,8 +48,18 @@ def test_migrations_reach_head(store):
     assert current_revision(store.engine) == ScriptDirectory.from_config(config).get_current_head()
     with store.engine.connect() as conn:
         tables = set(sa.inspect(conn).get_table_names())
-    assert {"generations", "areas", "buildings", "stations", "workers", "worker_grids",
-            "categories", "cases", "case_events", "cared_residents"} <= tables
+    assert {
+        "generations",
+        "areas",
+        "buildings",
+        "stations",
+        "workers",
+        "worker_grids",
+        "categories",
+        "cases",
+        "case_events",
+        "cared_residents",
+    } <= tables
 
 
 def test_categories_seed_once(store):

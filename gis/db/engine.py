@@ -8,6 +8,7 @@ package touches SQLAlchemy.
 from __future__ import annotations
 
 import os
+import time
 from importlib import resources
 from pathlib import Path
 
@@ -69,8 +70,38 @@ def make_engine(url: str, *, echo: bool = False) -> Engine:
         # are opened per checkout and closed on return, and a new PostgreSQL backend
         # per request is what made intake collapse under load (SQLAlchemy's default
         # keeps 5; a uvicorn worker runs up to 40 handlers in its thread pool).
-        return sa.create_engine(url, echo=echo, pool_pre_ping=True, pool_size=10, max_overflow=30)
+        engine = sa.create_engine(url, echo=echo, pool_size=10, max_overflow=30)
+        _ping_when_idle(engine)
+        return engine
     raise ValueError(f"unsupported database URL {url!r}: use postgresql+psycopg:// or sqlite://")
+
+
+#: A pooled connection unused for longer than this is pinged before it is handed out.
+PING_AFTER_IDLE_S = 5.0
+
+
+def _ping_when_idle(engine: Engine) -> None:
+    """`pool_pre_ping`, but only for connections that sat idle in the pool.
+
+    A connection a busy server handed back milliseconds ago is alive: pinging it
+    cost a round trip on every request (about a fifth of an intake's). One that
+    idled may have been dropped (a restart, a firewall): it is pinged, and a dead
+    one is replaced before anyone uses it, as with `pool_pre_ping`.
+    """
+
+    @sa.event.listens_for(engine, "checkin")
+    def _stamp(dbapi_connection, record) -> None:
+        record.info["checked_in_at"] = time.monotonic()
+
+    @sa.event.listens_for(engine, "checkout")
+    def _ping(dbapi_connection, record, proxy) -> None:
+        since = record.info.get("checked_in_at")
+        if since is not None and time.monotonic() - since < PING_AFTER_IDLE_S:
+            return
+        try:
+            engine.dialect.do_ping(dbapi_connection)
+        except Exception as exc:  # the pool discards it and checks out another
+            raise sa.exc.DisconnectionError(str(exc)) from exc
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
