@@ -34,6 +34,8 @@ from api.routers import (
 from api.routers import coverage as coverage_router
 from api.routers import maps as maps_router
 from api.routers import nearest as nearest_router
+from api.routers import plans as plans_router
+from api.routers import workload as workload_router
 from api.settings import Settings
 from gis.db import repo
 from gis.db.engine import make_engine, make_sessionmaker, migrate
@@ -164,6 +166,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for module in (generations, areas, buildings, stations, workers, categories, locate, imports):
         app.include_router(module.router, prefix=API_PREFIX)
     app.include_router(cases.router, prefix=API_PREFIX)
+    app.include_router(workload_router.router, prefix=API_PREFIX)  # /workload
+    app.include_router(plans_router.router, prefix=API_PREFIX)  # /plans
     app.include_router(open311.router)  # /open311/v2, errors in the GeoReport shape
     app.include_router(maps_router.router)  # HTML maps and their Leaflet files, /maps
     app.openapi = lambda: _openapi_with_400(app)  # type: ignore[method-assign]

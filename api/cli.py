@@ -119,14 +119,22 @@ def _serve(settings: Settings, host: str, port: int, workers: int, access_log: b
     console.print(f"  stations:  {base}/api/v1/stations")
     if workers > 1:
         uvicorn.run(
-            "api.app:create_app", factory=True, host=host, port=port, workers=workers,
-            http=NoDelayH11Protocol, access_log=access_log,
+            "api.app:create_app",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            http=NoDelayH11Protocol,
+            access_log=access_log,
         )
     else:
         from api.app import create_app
 
         uvicorn.run(
-            create_app(settings), host=host, port=port, http=NoDelayH11Protocol,
+            create_app(settings),
+            host=host,
+            port=port,
+            http=NoDelayH11Protocol,
             access_log=access_log,
         )
 
@@ -539,6 +547,127 @@ def site(
         indent=2,
     )
     print()
+
+
+@app.command()
+def balance(
+    parent: Annotated[
+        str | None, typer.Option(help="district, street or community code (default: all)")
+    ] = None,
+    low: Annotated[int, typer.Option(help="household band, lower end")] = 300,
+    high: Annotated[int, typer.Option(help="household band, upper end")] = 500,
+    tolerance: Annotated[float, typer.Option(help="workload tolerance around the mean")] = 0.10,
+    time_limit_s: Annotated[float, typer.Option(help="solver time limit per community")] = 20.0,
+    processes: Annotated[int, typer.Option(help="communities solved in parallel")] = 2,
+    no_resize: Annotated[bool, typer.Option(help="never split or merge grids")] = False,
+    apply: Annotated[bool, typer.Option(help="switch the plan on right away")] = False,
+) -> None:
+    """Propose a rebalancing plan (and optionally apply it); prints each community's answer."""
+    from gis.balance import BalanceParams
+    from gis.db import plans_repo
+
+    settings = _settings()
+    sessions = _sessions(settings)
+    params = BalanceParams(
+        low=low,
+        high=high,
+        tolerance=tolerance,
+        time_limit_s=time_limit_s,
+        allow_resize=not no_resize,
+    )
+    started = time.perf_counter()
+    try:
+        with sessions() as s, s.begin():
+            plan_id = plans_repo.propose_plan(
+                s, parent=parent, params=params, processes=processes, actor="cli"
+            )
+        with sessions() as s:
+            plan = plans_repo.get_plan(s, plan_id)
+        if apply:
+            with sessions() as s, s.begin():
+                applied = plans_repo.apply_plan(s, plan_id)
+            console.print(f"applied as generation {applied['generation']}")
+    except WanggeError as exc:
+        _fail(exc)
+    table = Table("community", "status", "gap", "s", "moved bldgs", "moved hh", "notes")
+    counts: dict[str, int] = {}
+    for c in plan["communities"]:
+        counts[c["status"]] = counts.get(c["status"], 0) + 1
+        if c["status"] == "unchanged":
+            continue
+        table.add_row(
+            c["community"],
+            c["status"],
+            "" if c["gap"] is None else f"{c['gap']:.4f}",
+            f"{c['seconds']:.1f}",
+            str(c["moved_buildings"]),
+            str(c["moved_households"]),
+            "; ".join(c["changes"] + c["reasons"]),
+        )
+    console.print(table)
+    totals = plan["metrics_after"]["totals"]
+    console.print(
+        f"plan {plan_id}: {counts} communities; {totals['moved_buildings']} buildings and "
+        f"{totals['moved_households']} households move; "
+        f"{time.perf_counter() - started:.1f} s"
+    )
+
+
+@app.command("map")
+def map_(
+    kind: Annotated[str, typer.Argument(help="coverage, grid, nearest or cases")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="the HTML file to write")],
+    code: Annotated[str | None, typer.Option(help="grid: the grid code")] = None,
+    lon: Annotated[float | None, typer.Option(help="nearest: longitude")] = None,
+    lat: Annotated[float | None, typer.Option(help="nearest: latitude")] = None,
+    crs: Annotated[str, typer.Option(help="nearest: crs of lon/lat")] = "wgs84",
+    since: Annotated[str | None, typer.Option(help="cases: ISO start (default 30 days)")] = None,
+    until: Annotated[str | None, typer.Option(help="cases: ISO end (exclusive)")] = None,
+    category: Annotated[str | None, typer.Option(help="cases: class or subclass code")] = None,
+    lang: Annotated[str, typer.Option(help="zh or en")] = "zh",
+) -> None:
+    """Write a map to an HTML file; Leaflet is copied into <name>_files/ beside it (offline)."""
+    from datetime import datetime
+
+    from api.routers import maps as maps_router
+    from gis.crs import parse_crs, point_to_storage
+    from maps import render
+    from maps.assets import write_map_file
+    from maps.basemap import parse_basemap
+
+    kinds = ("coverage", "grid", "nearest", "cases")
+    if kind not in kinds or lang not in ("zh", "en"):
+        err.print(f"[red]error:[/red] use one of {', '.join(kinds)} and --lang zh or en")
+        raise typer.Exit(2)
+    settings = _settings()
+    basemap = parse_basemap(settings.tiles)
+    sessions = _sessions(settings)
+    try:
+        with sessions() as s:
+            if kind == "coverage":
+                frames = maps_router.coverage_frames(s)
+                fmap = render.render_coverage(**frames, lang=lang, basemap=basemap)
+            elif kind == "grid":
+                if not code:
+                    err.print("[red]error:[/red] grid needs --code")
+                    raise typer.Exit(2)
+                frames = maps_router.worker_area_frames(s, code)
+                fmap = render.render_worker_area(**frames, lang=lang, basemap=basemap)
+            elif kind == "nearest":
+                if lon is None or lat is None:
+                    err.print("[red]error:[/red] nearest needs --lon and --lat")
+                    raise typer.Exit(2)
+                x, y = point_to_storage(lon, lat, parse_crs(crs))
+                stations = maps_router.nearest_frame(s, x, y, 5)
+                fmap = render.render_nearest((x, y), stations, lang=lang, basemap=basemap)
+            else:
+                start = datetime.fromisoformat(since) if since else None
+                end = datetime.fromisoformat(until) if until else None
+                fmap = maps_router.build_cases_map(s, start, end, category, lang, basemap)
+    except WanggeError as exc:
+        _fail(exc)
+    path = write_map_file(fmap, output)
+    console.print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB) and {path.stem}_files/")
 
 
 if __name__ == "__main__":
