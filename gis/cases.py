@@ -88,11 +88,15 @@ class IllegalTransition(Conflict):
 
 @dataclass(frozen=True)
 class Actor:
-    """Who acts: a role, a name (a worker's code for workers) and, for workers, their grids."""
+    """Who acts: a role, a name (a worker's code for workers), for workers their grids,
+    and a scope: the area code a planner or dispatcher is limited to (a district,
+    street or community; None for admins and the district-wide), or a department's
+    name for the department role."""
 
     role: str
     name: str
     grid_codes: tuple = ()
+    scope: str | None = None
 
     @property
     def label(self) -> str:

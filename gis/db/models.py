@@ -200,3 +200,66 @@ class CaseEvent(Base):
     from_status: Mapped[str | None] = mapped_column(sa.String(20))
     to_status: Mapped[str | None] = mapped_column(sa.String(20))
     note: Mapped[str | None] = mapped_column(sa.Text)
+
+
+class User(Base):
+    """A person who logs in; `scope` narrows what their role reaches (see migration 0005)."""
+
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    username: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    password_hash: Mapped[str] = mapped_column(sa.String(255))
+    role: Mapped[str] = mapped_column(sa.String(20))
+    scope: Mapped[str | None] = mapped_column(sa.String(100))
+    display_name: Mapped[str | None] = mapped_column(sa.String(100))
+    active: Mapped[bool] = mapped_column(default=True)
+    created_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
+    disabled_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+
+
+class ApiKey(Base):
+    """A system's key (hotline, Open311 client); only its SHA-256 is stored."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    key_sha256: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(sa.String(12))
+    role: Mapped[str] = mapped_column(sa.String(20))
+    scope: Mapped[str | None] = mapped_column(sa.String(100))
+    active: Mapped[bool] = mapped_column(default=True)
+    created_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
+    last_used_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+
+
+class AuditEntry(Base):
+    """One write: who did what to which object, and what changed."""
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
+    actor: Mapped[str] = mapped_column(sa.String(100))
+    role: Mapped[str] = mapped_column(sa.String(20))
+    action: Mapped[str] = mapped_column(sa.String(40))
+    object_type: Mapped[str | None] = mapped_column(sa.String(20))
+    object_id: Mapped[str | None] = mapped_column(sa.String(100))
+    detail: Mapped[dict | None] = mapped_column(sa.JSON)
+
+
+class IdempotencyKey(Base):
+    """The stored answer to a POST sent with an Idempotency-Key."""
+
+    __tablename__ = "idempotency_keys"
+
+    client: Mapped[str] = mapped_column(sa.String(200), primary_key=True)
+    key: Mapped[str] = mapped_column(sa.String(200), primary_key=True)
+    method: Mapped[str] = mapped_column(sa.String(10))
+    path: Mapped[str] = mapped_column(sa.String(500))
+    request_sha256: Mapped[str] = mapped_column(sa.String(64))
+    status_code: Mapped[int | None] = mapped_column()
+    content_type: Mapped[str | None] = mapped_column(sa.String(100))
+    body: Mapped[bytes | None] = mapped_column(sa.LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
