@@ -18,6 +18,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi_offline import FastAPIOffline
 
 from api.errors import register_error_handlers
+from api.protect import Protect
 from api.routers import (
     areas,
     buildings,
@@ -85,7 +86,7 @@ def _version() -> str:
 def _prepare_store(app: FastAPI) -> None:
     """Open the store named by the settings, migrate it and seed the categories."""
     settings: Settings = app.state.settings
-    engine = make_engine(settings.store_url)
+    engine = make_engine(settings.store_url, timeout_s=settings.db_timeout_s)
     migrate(engine)
     sessions = make_sessionmaker(engine)
     with sessions() as session, session.begin():
@@ -158,7 +159,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     register_error_handlers(app)
-    app.add_middleware(imports.UploadSizeLimit, path_prefix=f"{API_PREFIX}/imports")
+    # Rate, body-size and bbox limits, Idempotency-Key, 503 while the store is away.
+    app.add_middleware(Protect, settings=settings)
     app.include_router(meta.router)
     # Before the stations router: /stations/nearest must not be read as a station code.
     app.include_router(nearest_router.router, prefix=API_PREFIX)

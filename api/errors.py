@@ -12,6 +12,7 @@ import logging
 from http import HTTPStatus
 from typing import Any
 
+import sqlalchemy as sa
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -34,6 +35,19 @@ log = logging.getLogger("wangge.api")
 
 class UploadTooLarge(WanggeError):
     """An uploaded file is bigger than the service accepts over HTTP."""
+
+
+#: Seconds a client is asked to wait (Retry-After) when the store is unreachable.
+RETRY_AFTER_UNAVAILABLE_S = 5
+
+
+def unavailable_body() -> dict[str, Any]:
+    """The 503 answer while the database cannot be reached."""
+    return {
+        "error": "DatabaseUnavailable",
+        "message": "the database cannot be reached; nothing was written, "
+        f"try again in a few seconds (Retry-After: {RETRY_AFTER_UNAVAILABLE_S})",
+    }
 
 
 #: Error class -> HTTP status. Subclasses are listed before their bases; the first
@@ -171,6 +185,21 @@ async def _on_http_error(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
 
 
+async def _on_database_error(_request: Request, exc: Exception) -> JSONResponse:
+    """A store that went away answers 503 (try again), not 500; anything else is a bug."""
+    from gis.db.engine import store_unavailable
+
+    if store_unavailable(exc):
+        log.warning("database unavailable: %s", exc.__class__.__name__)
+        return JSONResponse(
+            unavailable_body(),
+            status_code=503,
+            headers={"Retry-After": str(RETRY_AFTER_UNAVAILABLE_S)},
+        )
+    log.error("database error", exc_info=exc)
+    return await _on_unexpected_error(_request, exc)
+
+
 async def _on_unexpected_error(_request: Request, exc: Exception) -> JSONResponse:
     # The traceback goes to the server log, never to the client: Starlette re-raises
     # the exception after this answer is sent, and the server logs it there once.
@@ -183,4 +212,8 @@ def register_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(WanggeError, _on_domain_error)
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(StarletteHTTPException, _on_http_error)
+    # The pool's TimeoutError is not a DBAPIError: both are registered.
+    app.add_exception_handler(sa.exc.DBAPIError, _on_database_error)
+    app.add_exception_handler(sa.exc.TimeoutError, _on_database_error)
+    app.add_exception_handler(sa.exc.DisconnectionError, _on_database_error)
     app.add_exception_handler(Exception, _on_unexpected_error)

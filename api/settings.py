@@ -74,6 +74,41 @@ class Settings(BaseSettings):
     siting_candidates_max: int = Field(
         default=5000, ge=1, description="most candidate sites one siting run considers"
     )
+    # Abuse limits, idempotent intake and database faults (issue 7; api/protect.py).
+    rate_limit_per_min: float = Field(
+        default=30.0,
+        ge=0,
+        description="public writes (case and Open311 POSTs) per client per minute, per worker "
+        "process (N workers allow N x this); 0 switches the limit off",
+    )
+    rate_limit_burst: int = Field(
+        default=20, ge=1, description="public writes a client may send at once before the rate"
+    )
+    body_max_bytes: int = Field(
+        default=1024 * 1024, ge=1024, description="largest request body outside uploads (bytes)"
+    )
+    upload_max_bytes: int = Field(
+        default=100 * 1024 * 1024,
+        ge=1024,
+        description="largest request body to /api/v1/imports (bytes), counted while streaming",
+    )
+    bbox_max_deg: float = Field(
+        default=0.5, gt=0, description="widest and tallest bbox a query may ask for (degrees)"
+    )
+    idempotency_ttl_s: float = Field(
+        default=24 * 3600.0, gt=0, description="how long an Idempotency-Key's answer is kept (s)"
+    )
+    idempotency_lease_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="a request holding an Idempotency-Key this long without finishing is "
+        "taken for dead, and a retry may run it again (it cannot commit twice)",
+    )
+    db_timeout_s: int = Field(
+        default=3,
+        ge=1,
+        description="PostGIS connect timeout and pool wait (s): past it a request answers 503",
+    )
     host: str = "127.0.0.1"
     port: int = 8000
 

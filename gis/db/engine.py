@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import time
+from contextvars import ContextVar
 from importlib import resources
 from pathlib import Path
 
@@ -55,23 +56,84 @@ def _on_sqlite_connect(dbapi_conn, _record) -> None:
     dbapi_conn.execute("PRAGMA busy_timeout = 10000")
 
 
-def make_engine(url: str, *, echo: bool = False) -> Engine:
-    """An engine for a PostGIS or SpatiaLite URL, ready for spatial SQL."""
+#: Seconds a PostGIS connection attempt, and a wait for a pooled connection, may take
+#: before the request fails (and answers 503): a database that went away must not
+#: hold every request for libpq's default of forever and the pool's 30 s.
+DEFAULT_TIMEOUT_S = 3
+
+#: While the HTTP layer serves a request it sets a list here; every failure that
+#: means "the store is unreachable" seen during the request is appended to it, so
+#: an answer some router turned into a 500 can be answered 503 instead.
+store_faults: ContextVar[list[str] | None] = ContextVar("wangge_store_faults", default=None)
+
+
+def store_unavailable(exc: BaseException) -> bool:
+    """Whether an exception means the store cannot be reached (retry later), not a bug.
+
+    Covers a refused or timed-out connection, a connection that broke mid-statement
+    (SQLAlchemy then discards it and every pooled connection older than it), a pool
+    with no connection free within the timeout, and SQLite's "database is locked".
+    """
+    if isinstance(exc, sa.exc.TimeoutError | sa.exc.DisconnectionError):
+        return True
+    if isinstance(exc, sa.exc.DBAPIError):
+        return exc.connection_invalidated or isinstance(
+            exc, sa.exc.OperationalError | sa.exc.InterfaceError
+        )
+    return False
+
+
+def _note_store_fault(context) -> None:
+    faults = store_faults.get()
+    if faults is not None and (
+        context.is_disconnect or store_unavailable(context.sqlalchemy_exception)
+    ):
+        faults.append(type(context.original_exception).__name__)
+
+
+#: Execution option asking SQLite to take the write lock at BEGIN: a transaction that
+#: reads and then writes a row others also write (an idempotency key) would
+#: otherwise fail with "database is locked" instead of waiting its turn.
+SQLITE_BEGIN_IMMEDIATE = {"sqlite_begin": "IMMEDIATE"}
+
+
+def _sqlite_begin(conn) -> None:
+    mode = conn.get_execution_options().get("sqlite_begin", "")
+    conn.exec_driver_sql(f"BEGIN {mode}".strip())
+
+
+def make_engine(url: str, *, echo: bool = False, timeout_s: int = DEFAULT_TIMEOUT_S) -> Engine:
+    """An engine for a PostGIS or SpatiaLite URL, ready for spatial SQL.
+
+    `timeout_s` bounds a PostGIS connection attempt and the wait for a pooled
+    connection, so requests fail fast while the database is down.
+    """
     if url.startswith("sqlite"):
         path = sa.engine.make_url(url).database
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         engine = sa.create_engine(url, module=_sqlite_module(), echo=echo)
         sa.event.listen(engine, "connect", _on_sqlite_connect)
-        sa.event.listen(engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN"))
+        sa.event.listen(engine, "begin", _sqlite_begin)
+        sa.event.listen(engine, "handle_error", _note_store_fault)
         return engine
     if url.startswith("postgresql"):
         # pool_size: connections kept open per process. Past it, "overflow" connections
         # are opened per checkout and closed on return, and a new PostgreSQL backend
         # per request is what made intake collapse under load (SQLAlchemy's default
         # keeps 5; a uvicorn worker runs up to 40 handlers in its thread pool).
-        engine = sa.create_engine(url, echo=echo, pool_size=10, max_overflow=30)
+        # connect_timeout is libpq's (whole seconds, at least 2 in effect); pool_timeout
+        # is how long a checkout waits for a free connection when all are in use.
+        engine = sa.create_engine(
+            url,
+            echo=echo,
+            pool_size=10,
+            max_overflow=30,
+            pool_timeout=timeout_s,
+            connect_args={"connect_timeout": max(2, int(timeout_s))},
+        )
         _ping_when_idle(engine)
+        sa.event.listen(engine, "handle_error", _note_store_fault)
         return engine
     raise ValueError(f"unsupported database URL {url!r}: use postgresql+psycopg:// or sqlite://")
 
