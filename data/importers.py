@@ -15,10 +15,21 @@ Every problem in a file is collected before anything is decided, so one refusal
 (`ImportRejected`) lists all bad features, numbered from 1 in file order (CSV:
 data rows). Repairable polygons (self-intersections, self-touching rings,
 clockwise exteriors) are fixed and listed in the report instead.
+
+Hostile files are refused before they cost much (`ImportLimits`): a zip whose
+members would expand past `max_uncompressed_bytes` (or expand more than
+`max_zip_ratio` times) or whose member names climb out of the archive
+(`../`, absolute paths); more than `max_features` features; a feature with more
+than `max_vertices` vertices. Text encodings: GeoJSON must be UTF-8 (RFC 7946);
+a CSV is UTF-8 (with or without BOM) or else GB18030/GBK, as Excel on Chinese
+Windows writes it, decoded strictly; UTF-16/32 and binary content are refused.
+Numbers are bounded by the columns that store them, and text is stored as given
+(it only ever reaches the database as a bound parameter).
 """
 
 from __future__ import annotations
 
+import codecs
 import io
 import json
 import warnings
@@ -98,6 +109,26 @@ GRID_CODE_DIGITS = 15
 MIN_AREA_DEG2 = 1e-14
 # How many feature problems the one-line message spells out; `problems` has them all.
 MESSAGE_PROBLEMS = 10
+# Largest value of the whole-number columns (PostgreSQL integer).
+INT_MAX = 2**31 - 1
+
+
+@dataclass(frozen=True)
+class ImportLimits:
+    """What one file may hold; past a limit the file is refused, naming the limit."""
+
+    #: Features in one file (a city's buildings are tens of thousands).
+    max_features: int = 1_000_000
+    #: Vertices in one feature (a grid boundary has hundreds, a traced street a few
+    #: thousand); more makes every spatial query on it slow.
+    max_vertices: int = 100_000
+    #: Bytes a zip's members may expand to, in total.
+    max_uncompressed_bytes: int = 1024**3
+    #: How many times a zip member may expand (real Shapefiles stay under ~20x).
+    max_zip_ratio: float = 200.0
+
+
+LIMITS = ImportLimits()
 
 
 @dataclass
@@ -182,7 +213,7 @@ class _Raw:
     warnings: list[str] = field(default_factory=list)
 
 
-def _read(path: Path, layer: str, name: str, shown: str) -> _Raw:
+def _read(path: Path, layer: str, name: str, shown: str, limits: ImportLimits) -> _Raw:
     """Read any supported format; every failure becomes an ImportRejected naming the file."""
     if not path.exists():
         raise _refuse(name, shown, "no such file")
@@ -192,11 +223,12 @@ def _read(path: Path, layer: str, name: str, shown: str) -> _Raw:
     if suffix == ".csv":
         return _read_csv(path, name, shown)
     if suffix in (".geojson", ".json"):
+        _check_utf8_json(path, name, shown)
         return _read_ogr(str(path), None, "GeoJSON", name, shown)
     if suffix == ".gpkg":
         return _read_gpkg(path, layer, name, shown)
     if suffix == ".zip":
-        return _read_zip(path, layer, name, shown)
+        return _read_zip(path, layer, name, shown, limits)
     if suffix == ".shp":
         return _read_ogr(str(path), None, "Shapefile", name, shown)
     raise _refuse(
@@ -240,12 +272,53 @@ def _read_gpkg(path: Path, layer: str, name: str, shown: str) -> _Raw:
     return raw
 
 
-def _read_zip(path: Path, layer: str, name: str, shown: str) -> _Raw:
+def _unsafe_member(member: str) -> bool:
+    """A zip member name that would land outside the archive's folder if extracted."""
+    parts = member.replace("\\", "/").split("/")
+    return member.startswith(("/", "\\")) or ".." in parts or (len(member) > 1 and member[1] == ":")
+
+
+def _check_zip(infos: list[zipfile.ZipInfo], name: str, shown: str, limits: ImportLimits) -> None:
+    """Refuse a zip bomb or a zip with path-climbing names before GDAL opens it.
+
+    The sizes are the archive's own declarations; GDAL reads no further than a
+    member's declared size, so a lying header cannot make it expand more.
+    """
+    unsafe = [i.filename for i in infos if _unsafe_member(i.filename)]
+    if unsafe:
+        raise _refuse(
+            name,
+            shown,
+            f"the zip has member names that point outside it ({', '.join(unsafe[:3])}); "
+            "refusing the archive",
+        )
+    total = sum(i.file_size for i in infos)
+    if total > limits.max_uncompressed_bytes:
+        raise _refuse(
+            name,
+            shown,
+            f"the zip expands to {total:,} bytes, over the limit of "
+            f"{limits.max_uncompressed_bytes:,} (a zip bomb?)",
+        )
+    for info in infos:
+        packed = max(info.compress_size, 1)
+        if info.file_size > 1024 * 1024 and info.file_size / packed > limits.max_zip_ratio:
+            raise _refuse(
+                name,
+                shown,
+                f"zip member {info.filename} expands {info.file_size / packed:,.0f} times "
+                f"(over {limits.max_zip_ratio:g}; a zip bomb?)",
+            )
+
+
+def _read_zip(path: Path, layer: str, name: str, shown: str, limits: ImportLimits) -> _Raw:
     try:
         with zipfile.ZipFile(path) as archive:
-            members = archive.namelist()
-    except zipfile.BadZipFile as exc:
+            infos = archive.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
         raise _refuse(name, shown, "the file is not a zip archive") from exc
+    _check_zip(infos, name, shown, limits)
+    members = [i.filename for i in infos]
     shps = [
         m
         for m in members
@@ -269,13 +342,86 @@ def _read_zip(path: Path, layer: str, name: str, shown: str) -> _Raw:
     return _read_ogr(f"/vsizip/{path.resolve()}/{shps[0]}", None, "Shapefile", name, shown)
 
 
-def _read_csv(path: Path, name: str, shown: str) -> _Raw:
-    data = path.read_bytes()
-    # Excel on Chinese Windows writes GB18030 (GBK); everything else writes UTF-8.
+_UTF16_32_BOMS = (
+    codecs.BOM_UTF32_LE,
+    codecs.BOM_UTF32_BE,
+    codecs.BOM_UTF16_LE,
+    codecs.BOM_UTF16_BE,
+)
+# Control characters that never occur in a text file (tab, CR, LF and form feed do).
+_BINARY_BYTES = bytes(b for b in range(32) if b not in (9, 10, 12, 13))
+
+
+def _looks_binary(sample: bytes) -> bool:
+    return any(b in sample for b in _BINARY_BYTES)
+
+
+def _looks_utf16(sample: bytes) -> bool:
+    """UTF-16 without a BOM: ASCII text then has a NUL in every other byte."""
+    half = len(sample) // 2
+    return half > 0 and max(sample[0::2].count(0), sample[1::2].count(0)) > 0.4 * half
+
+
+def _check_utf8_json(path: Path, name: str, shown: str) -> None:
+    """GeoJSON is UTF-8 by definition (RFC 7946); anything else is refused up front
+    rather than read into mojibake. Decoded in pieces: the file may be large."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    with path.open("rb") as f:
+        head = f.read(4)
+        if head.startswith(_UTF16_32_BOMS) or _looks_utf16(f.read(4096)):
+            raise _refuse(name, shown, "the file is UTF-16 or UTF-32 text; GeoJSON must be UTF-8")
+        f.seek(0)
+        offset = 0
+        while chunk := f.read(1024 * 1024):
+            if offset == 0 and _looks_binary(chunk[:4096]):
+                raise _refuse(name, shown, "the file is binary, not GeoJSON text")
+            try:
+                decoder.decode(chunk)
+            except UnicodeDecodeError as exc:
+                raise _refuse(
+                    name,
+                    shown,
+                    f"the file is not UTF-8 (bad byte at offset {offset + exc.start}); "
+                    "GeoJSON must be UTF-8: re-save it as UTF-8",
+                ) from exc
+            offset += len(chunk)
+        try:
+            decoder.decode(b"", final=True)
+        except UnicodeDecodeError as exc:
+            raise _refuse(name, shown, "the file ends inside a UTF-8 character") from exc
+
+
+def _decode_csv(data: bytes, name: str, shown: str) -> tuple[str, str | None]:
+    """The CSV's text and, when it was not UTF-8, a note of the encoding used.
+
+    UTF-8 (BOM or not) first; then GB18030, the superset of GBK that Excel on
+    Chinese Windows writes, decoded strictly so that text in some third encoding
+    is refused rather than stored garbled. UTF-16/32 and binary data are refused.
+    """
+    if data.startswith(_UTF16_32_BOMS) or _looks_utf16(data[:4096]):
+        raise _refuse(
+            name, shown, "the file is UTF-16 or UTF-32 text; save the CSV as UTF-8 (CSV UTF-8)"
+        )
+    if _looks_binary(data[:65536]):
+        raise _refuse(name, shown, "the file is binary, not CSV text")
     try:
-        text = data.decode("utf-8-sig")
+        return data.decode("utf-8-sig"), None
     except UnicodeDecodeError:
-        text = data.decode("gb18030", errors="replace")
+        pass
+    try:
+        text = data.decode("gb18030")
+    except UnicodeDecodeError as exc:
+        raise _refuse(
+            name,
+            shown,
+            f"the file is neither UTF-8 nor GB18030/GBK text (bad byte at offset {exc.start}); "
+            "save it as CSV UTF-8",
+        ) from exc
+    return text, "read as GB18030 (GBK): the file is not UTF-8"
+
+
+def _read_csv(path: Path, name: str, shown: str) -> _Raw:
+    text, encoding_note = _decode_csv(path.read_bytes(), name, shown)
     try:
         frame = pd.read_csv(
             io.StringIO(text),
@@ -319,7 +465,10 @@ def _read_csv(path: Path, name: str, shown: str) -> _Raw:
                 continue
             geoms[i] = shapely.Point(float(xs), float(ys))
         frame = frame.drop(columns=[lon, lat])
-    return _Raw(frame, geoms, None, "CSV", problems)
+    raw = _Raw(frame, geoms, None, "CSV", problems)
+    if encoding_note:
+        raw.warnings.append(encoding_note)
+    return raw
 
 
 def _is_number(text: str) -> bool:
@@ -365,6 +514,9 @@ def _whole(value: Any, fld: str, note: Note) -> int | None:
         return None
     if number < 0:
         note(fld, f"{fld} {int(number)} is negative")
+        return None
+    if number > INT_MAX:
+        note(fld, f"{fld} {text} is too large (at most {INT_MAX})")
         return None
     return int(number)
 
@@ -779,7 +931,35 @@ class _Checked:
     problems: _Problems
 
 
-def _load(path: Path, layer: str, crs: str | None, source_name: str | None) -> _Checked:
+def _check_sizes(raw: _Raw, limits: ImportLimits, name: str, shown: str) -> None:
+    """Too many features refuses the file; a feature with too many vertices is a
+    problem of that feature (and is not checked further: repairing it would take long)."""
+    if len(raw.frame) > limits.max_features:
+        raise _refuse(
+            name,
+            shown,
+            f"the file has {len(raw.frame):,} features, over the limit of "
+            f"{limits.max_features:,}: split it",
+        )
+    present = np.array([g is not None for g in raw.geoms], dtype=bool)
+    counts = np.zeros(len(raw.geoms), dtype=np.int64)
+    if present.any():
+        counts[present] = shapely.get_num_coordinates(raw.geoms[present])
+    for i in np.flatnonzero(counts > limits.max_vertices):
+        raw.geometry_problems[int(i) + 1] = (
+            f"geometry has {counts[i]:,} vertices, over the limit of {limits.max_vertices:,} "
+            "per feature: simplify it"
+        )
+        raw.geoms[i] = None
+
+
+def _load(
+    path: Path,
+    layer: str,
+    crs: str | None,
+    source_name: str | None,
+    limits: ImportLimits = LIMITS,
+) -> _Checked:
     """Read and check a file; problems are collected, not raised (the stores add theirs)."""
     if layer not in LAYERS:
         raise InvalidInput(
@@ -788,9 +968,10 @@ def _load(path: Path, layer: str, crs: str | None, source_name: str | None) -> _
     path = Path(path)
     name = source_name or path.name
     shown = source_name or str(path)
-    raw = _read(path, layer, name, shown)
+    raw = _read(path, layer, name, shown, limits)
     if len(raw.frame) == 0:
         raise _refuse(name, shown, f"the file has no features (expected {layer})")
+    _check_sizes(raw, limits, name, shown)
     source, notes = _source_crs(raw, crs, name, shown)
     problems = _Problems(name, shown)
     repaired: list[dict] = []
@@ -804,7 +985,12 @@ def _load(path: Path, layer: str, crs: str | None, source_name: str | None) -> _
 
 
 def read_layer(
-    path: Path, layer: str, crs: str | None = None, *, source_name: str | None = None
+    path: Path,
+    layer: str,
+    crs: str | None = None,
+    *,
+    source_name: str | None = None,
+    limits: ImportLimits = LIMITS,
 ) -> tuple[gpd.GeoDataFrame, list[dict]]:
     """Read + validate + convert to EPSG:4326; returns (frame, repaired). Raises ImportRejected.
 
@@ -815,7 +1001,7 @@ def read_layer(
         from data.roads import read_roads
 
         return read_roads(path, crs, source_name=source_name)[0], []
-    checked = _load(path, layer, crs, source_name)
+    checked = _load(path, layer, crs, source_name, limits)
     checked.problems.raise_if_any()
     return checked.frame, checked.repaired
 
@@ -829,6 +1015,7 @@ def import_file(
     generation: str | None = None,
     activate: bool | None = None,
     source_name: str | None = None,
+    limits: ImportLimits = LIMITS,
 ) -> ImportReport:
     """Read, validate and write a layer in one transaction: all features or none.
 
@@ -840,7 +1027,7 @@ def import_file(
         from data.roads import import_roads
 
         return import_roads(sessions, path, crs=crs, source_name=source_name)
-    checked = _load(path, layer, crs, source_name)
+    checked = _load(path, layer, crs, source_name, limits)
     report = ImportReport(
         layer=layer,
         path=source_name or str(path),
