@@ -13,10 +13,11 @@ from contextlib import asynccontextmanager
 from importlib import metadata
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.concurrency import run_in_threadpool
 from fastapi_offline import FastAPIOffline
 
+from api import access
 from api.errors import register_error_handlers
 from api.protect import Protect
 from api.routers import (
@@ -32,10 +33,13 @@ from api.routers import (
     stations,
     workers,
 )
+from api.routers import audit as audit_router
+from api.routers import auth as auth_router
 from api.routers import coverage as coverage_router
 from api.routers import maps as maps_router
 from api.routers import nearest as nearest_router
 from api.routers import plans as plans_router
+from api.routers import users as users_router
 from api.routers import workload as workload_router
 from api.settings import Settings
 from gis.db import repo
@@ -156,6 +160,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         docs_url="/docs",
         redoc_url=None,
         lifespan=_lifespan,
+        # Every route passes the access rules of api/access.py (roles, then scope).
+        dependencies=[Depends(access.enforce)],
     )
     app.state.settings = settings
     register_error_handlers(app)
@@ -168,6 +174,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for module in (generations, areas, buildings, stations, workers, categories, locate, imports):
         app.include_router(module.router, prefix=API_PREFIX)
     app.include_router(cases.router, prefix=API_PREFIX)
+    for module in (auth_router, users_router, audit_router):
+        app.include_router(module.router, prefix=API_PREFIX)
     app.include_router(workload_router.router, prefix=API_PREFIX)  # /workload
     app.include_router(plans_router.router, prefix=API_PREFIX)  # /plans
     app.include_router(open311.router)  # /open311/v2, errors in the GeoReport shape

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from api.errors import invalid_parameter
 from api.settings import Settings
-from gis.cases import ROLES, Actor
+from gis.cases import Actor
 
 DEFAULT_PAGE_SIZE = 100
 
@@ -120,47 +120,54 @@ def get_bbox(
 BBoxDep = Annotated[BBox | None, Depends(get_bbox)]
 
 
-# People who may act over HTTP; "system" is the scheduler's own role.
-HTTP_ROLES = tuple(r for r in ROLES if r != "system")
+def _principal_cache(request: Request):
+    from api.auth import PrincipalCache
+
+    cache = getattr(request.app.state, "principal_cache", None)
+    if cache is None:
+        cache = request.app.state.principal_cache = PrincipalCache()
+    return cache
 
 
 async def get_actor(
     request: Request,
+    authorization: Annotated[
+        str | None, Header(description="Bearer <token> from POST /api/v1/auth/token")
+    ] = None,
+    x_api_key: Annotated[str | None, Header(description="a system's API key")] = None,
     x_wangge_role: Annotated[
         str | None,
-        Header(description=f"stand-in for auth: the caller's role, one of {', '.join(HTTP_ROLES)}"),
+        Header(description="development only (dev_role_headers): the caller's role"),
     ] = None,
     x_wangge_user: Annotated[
-        str | None, Header(description="stand-in for auth: the caller's name (a worker's code)")
+        str | None,
+        Header(description="development only (dev_role_headers): the caller's name"),
     ] = None,
 ) -> Actor:
-    """Who is calling, from the X-Wangge-Role and X-Wangge-User headers (default: resident).
+    """Who is calling: a bearer token, an API key, or anonymous (see `api.auth`).
 
-    A stand-in until the auth issue lands: headers prove nothing, and this dependency
-    is the one place to replace with signed tokens. A worker's grids are looked up so
-    steps on cases in those grids are allowed (in the thread pool: the only caller
-    that touches the database).
+    Credentials that need the store are checked in the thread pool; a request with
+    none answers at once as anonymous.
     """
-    role = (x_wangge_role or "resident").strip().lower()
-    if role not in HTTP_ROLES:
-        raise invalid_parameter(
-            "X-Wangge-Role",
-            f"must be one of {', '.join(HTTP_ROLES)}",
-            location="header",
-            value=x_wangge_role,
+    from api.auth import ANONYMOUS, resolve_actor
+
+    settings: Settings = request.app.state.settings
+    if not (authorization or x_api_key or settings.dev_role_headers):
+        actor = ANONYMOUS
+    else:
+        actor = await run_in_threadpool(
+            lambda: resolve_actor(
+                settings=settings,
+                sessions=request.app.state.sessions,
+                cache=_principal_cache(request),
+                authorization=authorization,
+                api_key=x_api_key,
+                role_header=x_wangge_role,
+                user_header=x_wangge_user,
+            )
         )
-    name = (x_wangge_user or "").strip()
-    grids: tuple[str, ...] = ()
-    if role == "worker" and name:
-        from gis.db.cases_repo import worker_grid_codes
-
-        def lookup() -> tuple[str, ...]:
-            # Its own short session: the handler's session must stay fresh for `begin()`.
-            with request.app.state.sessions() as session:
-                return worker_grid_codes(session, name)
-
-        grids = await run_in_threadpool(lookup)
-    return Actor(role=role, name=name, grid_codes=grids)
+    request.state.actor = actor
+    return actor
 
 
 ActorDep = Annotated[Actor, Depends(get_actor)]

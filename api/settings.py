@@ -38,6 +38,24 @@ class Settings(BaseSettings):
         description="comma-separated api_key values accepted by Open311 POST requests "
         f"(development default {DEFAULT_OPEN311_KEY!r}; set your own in production)",
     )
+    token_expiry_s: float = Field(
+        default=3600.0, gt=0, description="lifetime of a login token in seconds (default 1 h)"
+    )
+    auth_cache_s: float = Field(
+        default=5.0,
+        ge=0,
+        description="how long a process trusts a looked-up user or API key before reading it "
+        "again (a disabled user's token stops working within this time in other processes)",
+    )
+    dev_role_headers: bool = Field(
+        default=False,
+        description="development only: trust X-Wangge-Role / X-Wangge-User headers as the "
+        "caller's identity (refused in production)",
+    )
+    dev_default_role: str = Field(
+        default="anonymous",
+        description="with dev_role_headers: the role of a request that sends no role header",
+    )
     tiles: str = Field(
         default="none",
         description="basemap: none, an XYZ URL template, or gcj02:<URL template>",
@@ -116,6 +134,8 @@ class Settings(BaseSettings):
     def _check(self) -> Settings:
         if self.environment == "production" and self.secret_key == DEFAULT_SECRET:
             raise ValueError("WANGGE_SECRET_KEY must be set when WANGGE_ENVIRONMENT=production")
+        if self.environment == "production" and self.dev_role_headers:
+            raise ValueError("WANGGE_DEV_ROLE_HEADERS must be off in production")
         open311_keys = [k.strip() for k in self.open311_api_keys.split(",")]
         if self.environment == "production" and DEFAULT_OPEN311_KEY in open311_keys:
             raise ValueError("WANGGE_OPEN311_API_KEYS must be set (not the dev key) in production")

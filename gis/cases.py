@@ -37,7 +37,20 @@ OPEN_STATUSES = ("reported", "dispatched", "accepted", "in_progress", "returned"
 #: Statuses where the problem needs no more work (resolved waits only for a rating).
 CLOSED_STATUSES = ("resolved", "evaluated", "closed", "duplicate", "rejected")
 
-ROLES = ("resident", "worker", "dispatcher", "department", "planner", "admin", "system")
+ROLES = (
+    "anonymous",
+    "resident",
+    "worker",
+    "dispatcher",
+    "department",
+    "planner",
+    "admin",
+    "system",
+)
+#: Roles whose scope is an area code (a district, street or community).
+AREA_ROLES = ("planner", "dispatcher")
+#: Roles that need a scope to mean anything: an area, a worker code, a department name.
+SCOPED_ROLES = ("planner", "dispatcher", "worker", "department")
 
 #: Escalation levels: 0 is the grid the case was routed to; each step goes one up.
 ESCALATION_LEVELS = ("grid", "community", "street", "department")
@@ -101,6 +114,35 @@ class Actor:
     @property
     def label(self) -> str:
         return f"{self.role}:{self.name}" if self.name else self.role
+
+    @property
+    def worker_code(self) -> str | None:
+        """The worker code a worker acts as: the scope, or the name (development headers)."""
+        if self.role != "worker":
+            return None
+        return self.scope or self.name or None
+
+
+def scope_kind(actor: Actor) -> str:
+    """How far an actor's reach goes, as one word the repositories filter by.
+
+    'all' (admin, the scheduler, and area or department roles given no scope, as the
+    development headers do), 'area' (everything under one area code), 'grids' (a
+    worker's own grids), 'categories' (a department's categories), 'own' (a resident's
+    own reports) or 'none' (anonymous callers hold no private data at all).
+    """
+    role = actor.role
+    if role in ("admin", "system"):
+        return "all"
+    if role in AREA_ROLES:
+        return "area" if actor.scope else "all"
+    if role == "department":
+        return "categories" if actor.scope else "all"
+    if role == "worker":
+        return "grids"
+    if role == "resident":
+        return "own" if actor.name else "none"
+    return "none"
 
 
 SYSTEM = Actor("system", "wangge escalate")
@@ -166,7 +208,7 @@ def check_transition(
 
 
 def _is_assigned(actor: Actor, worker_code: str | None, grid_code: str | None) -> bool:
-    if worker_code is not None and actor.name == worker_code:
+    if worker_code is not None and actor.worker_code == worker_code:
         return True
     return grid_code is not None and grid_code in actor.grid_codes
 

@@ -101,6 +101,39 @@ def store(store_url: str) -> Iterator[Store]:
         engine.dispose()
 
 
+# ------------------------------------------------------- development identities
+
+
+@pytest.fixture(autouse=True)
+def dev_role_headers(request):
+    """The tests written before real logins name the caller with X-Wangge-Role /
+    X-Wangge-User headers and, without them, act as an admin. Turn that development
+    stand-in on for them by changing the Settings defaults (many fixtures clear the
+    WANGGE_* environment, so the environment cannot carry it). Tests of logins, tokens
+    and access (tests/test_auth.py, tests/test_access.py) are marked `real_auth` and
+    run with the real defaults, as do tests that build production settings."""
+    if "production" in request.node.name or request.node.get_closest_marker("real_auth"):
+        yield
+        return
+    from api.settings import Settings
+
+    fields = Settings.model_fields
+    saved = {name: fields[name].default for name in ("dev_role_headers", "dev_default_role")}
+    fields["dev_role_headers"].default = True
+    fields["dev_default_role"].default = "admin"
+    Settings.model_rebuild(force=True)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            fields[name].default = value
+        Settings.model_rebuild(force=True)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "real_auth: run without the development role headers")
+
+
 # ------------------------------------------------------------ no silent skips
 
 _skipped: list[str] = []

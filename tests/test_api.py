@@ -241,7 +241,11 @@ def test_index_health_docs_and_openapi(api):
     assert missing.status_code == 404 and missing.json()["error"] == "NotFound"
 
 
-def test_unexpected_errors_do_not_leak_tracebacks(settings, store_url):
+def test_unexpected_errors_do_not_leak_tracebacks(settings, store_url, monkeypatch):
+    from api import access
+
+    # A route added here needs an access rule like every other (tests/test_access.py).
+    monkeypatch.setitem(access.RULES, ("GET", "/boom"), access.Rule(access.EVERYONE))
     app = create_app(settings)
 
     @app.get("/boom")

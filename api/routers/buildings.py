@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
 
-from api.deps import BBoxDep, PageDep, SessionDep
+from api.deps import ActorDep, BBoxDep, PageDep, SessionDep
 from api.geojson import GeoJSONResponse, feature_collection
 from api.schemas import FeatureCollection, error_responses
 from gis.db import repo
@@ -26,13 +26,15 @@ def list_buildings(
     session: SessionDep,
     page: PageDep,
     bbox: BBoxDep,
+    actor: ActorDep,
     grid: Annotated[str | None, Query(description="keep the buildings of this grid code")] = None,
     community: Annotated[
         str | None, Query(description="keep the buildings of this community code")
     ] = None,
 ) -> GeoJSONResponse:
     """Buildings as a GeoJSON FeatureCollection ordered by code; `bbox` tests the
-    point inside each footprint, the one grid assignment uses."""
+    point inside each footprint, the one grid assignment uses. Only the buildings
+    within the caller's reach (a worker's grids, a dispatcher's or planner's area)."""
     gdf, total = repo.buildings_gdf(
         session,
         grid_code=grid,
@@ -40,6 +42,7 @@ def list_buildings(
         bbox=bbox,
         limit=page.limit,
         offset=page.offset,
+        actor=actor,
     )
     body = feature_collection(
         gdf, url=request.url, number_matched=total, limit=page.limit, offset=page.offset

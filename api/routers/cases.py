@@ -1,6 +1,7 @@
 """Cases (事件): intake with routing, the closed-loop workflow steps, queries and counts.
 
-Who acts comes from `ActorDep` (headers until the auth issue lands). Residents and
+Who acts comes from `ActorDep` (a token, an API key, or anonymous); the repository
+keeps each caller to their reach (a case outside it is a 404). Residents and
 anonymous callers never see a reporter's contact details; staff do.
 """
 
@@ -142,7 +143,9 @@ async def create_case(
                 reporter_phone=contact.phone,
                 reporter_email=contact.email,
                 photo_url=body.photo_url,
-                actor=actor if actor.name else None,
+                actor=actor,
+                # A signed-in reporter may follow the case later; anonymous ones cannot.
+                reporter_user=actor.name if actor.role != "anonymous" and actor.name else None,
                 near_outside_m=settings.near_outside_m,
                 duplicate_radius_m=settings.duplicate_radius_m,
                 duplicate_window_days=settings.duplicate_window_days,
@@ -215,6 +218,7 @@ def list_cases(
         raise invalid_parameter("until", "must be after since", value=str(until))
     found, total = cases_repo.list_cases(
         session,
+        actor=actor,
         grid_code=grid,
         community_code=community,
         street_code=street,
@@ -251,6 +255,7 @@ def list_cases(
 @router.get("/stats", summary="Case counts per area", responses=error_responses(400))
 def case_stats(
     session: SessionDep,
+    actor: ActorDep,
     level: Annotated[
         Literal["grid", "community", "street"], Query(description="count per area of this level")
     ] = "grid",
@@ -259,10 +264,11 @@ def case_stats(
         Query(description="only the areas under this code (a community for level=grid, …)"),
     ] = None,
 ) -> dict[str, Any]:
-    """For dashboards: per area, the number of cases in total, by status and by category.
-    Unrouted cases count under code null."""
+    """For dashboards: per area, the number of cases in total, by status and by category,
+    counting only the cases within the caller's reach. Unrouted cases count under code
+    null."""
     return {"level": level, "parent": parent, "areas": cases_repo.case_stats(
-        session, level=level, parent=parent
+        session, level=level, parent=parent, actor=actor
     )}  # fmt: skip
 
 
@@ -270,7 +276,7 @@ def case_stats(
 def get_case(ref: str, session: SessionDep, actor: ActorDep) -> dict[str, Any]:
     """A case by id or code, with its grid chain, its event history (who, when, from,
     to, note) and the actions its status allows."""
-    case = cases_repo.get_case(session, ref)
+    case = cases_repo.get_case(session, ref, actor)
     case["chain"] = cases_repo.case_chain(session, case)
     case["history"] = cases_repo.case_history(session, case["id"])
     case["allowed_actions"] = rules.allowed_actions(case["status"], case["escalation_level"])

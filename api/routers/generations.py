@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path
 
-from api.deps import SessionDep
+from api.deps import ActorDep, SessionDep
 from api.schemas import GenerationOut, error_responses
 from gis.db import repo
 
@@ -41,13 +41,16 @@ def read_generation(name_or_id: NameOrId, session: SessionDep) -> GenerationOut:
     response_model=GenerationOut,
     responses=error_responses(404, 409),
 )
-def activate_generation(name_or_id: NameOrId, session: SessionDep) -> GenerationOut:
+def activate_generation(
+    name_or_id: NameOrId, session: SessionDep, actor: ActorDep
+) -> GenerationOut:
     """Make a staged (or retired) generation the active one and retire the one that was.
 
     Lookups and new cases use the active generation from then on; cases already
     filed keep the generation and grid they were routed under. A generation
-    without grids cannot be switched on (409).
+    without grids cannot be switched on (409); a planner may switch on only a
+    generation whose areas all lie within their scope (403).
     """
-    generation = repo.activate_generation(session, repo.get_generation(session, name_or_id))
+    generation = repo.activate_generation(session, repo.get_generation(session, name_or_id), actor)
     session.commit()
     return GenerationOut.model_validate(generation)

@@ -10,11 +10,15 @@ from typing import Annotated
 from fastapi import APIRouter, File, Form, Query, UploadFile
 from fastapi import Path as PathParam
 from fastapi.responses import JSONResponse
+from sqlalchemy import event
+from sqlalchemy.orm import Session, sessionmaker
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from api.deps import SessionmakerDep
+from api.deps import ActorDep, SessionmakerDep
 from api.errors import UploadTooLarge
 from api.schemas import ImportReportOut, error_responses
+from gis.cases import Actor
+from gis.db import audit_repo
 from gis.errors import NotFound
 
 router = APIRouter(prefix="/imports", tags=["imports"])
@@ -66,6 +70,25 @@ def _safe_name(filename: str | None) -> str:
     return name or "upload"
 
 
+def audited_sessions(
+    sessions: sessionmaker[Session], actor: Actor, action: str, detail: dict
+) -> sessionmaker[Session]:
+    """Sessions that add an audit row just before they commit: the importer owns its
+    transaction, and this puts the row in that same transaction (nothing is recorded
+    for an import that is refused and rolled back)."""
+
+    def make() -> Session:
+        session = sessions()
+
+        @event.listens_for(session, "before_commit")
+        def _record(s: Session) -> None:
+            audit_repo.record(s, actor, action, "layer", detail.get("layer"), detail)
+
+        return session
+
+    return make  # type: ignore[return-value]
+
+
 def _save_upload(upload: UploadFile, folder: Path) -> Path:
     path = folder / _safe_name(upload.filename)
     written = 0
@@ -90,6 +113,7 @@ def import_layer(
         str, PathParam(description="areas, buildings, stations or cases", examples=["stations"])
     ],
     sessions: SessionmakerDep,
+    actor: ActorDep,
     file: Annotated[
         UploadFile,
         File(description="GeoJSON, GeoPackage, zipped Shapefile or CSV (lon/lat columns)"),
@@ -136,14 +160,17 @@ def import_layer(
             layer=layer,
             layers=list(importers.LAYERS),
         )
+    crs = crs_form if crs_form is not None else crs_query
+    generation = generation_form if generation_form is not None else generation_query
+    detail = {"layer": layer, "file": file.filename, "crs": crs, "generation": generation}
     with tempfile.TemporaryDirectory(prefix="wangge-upload-") as folder:
         path = _save_upload(file, Path(folder))
         report = importers.import_file(
-            sessions,
+            audited_sessions(sessions, actor, f"import.{layer}", detail),
             layer,
             path,
-            crs=crs_form if crs_form is not None else crs_query,
-            generation=generation_form if generation_form is not None else generation_query,
+            crs=crs,
+            generation=generation,
             activate=activate_form if activate_form is not None else activate_query,
             source_name=file.filename or path.name,
         )

@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request
 
-from api.deps import PageDep, SessionDep
+from api.deps import ActorDep, PageDep, SessionDep
 from api.geojson import paging_links
 from api.schemas import WorkerOut, WorkerPage, error_responses
 from gis.db import repo
@@ -28,12 +28,14 @@ def list_workers(
     request: Request,
     session: SessionDep,
     page: PageDep,
+    actor: ActorDep,
     grid: Annotated[str | None, Query(description="keep the workers of this grid code")] = None,
     role: Annotated[Role | None, Query(description="keep one role")] = None,
 ) -> WorkerPage:
-    """Workers ordered by code, with paging counts and links (workers have no geometry)."""
+    """Workers ordered by code, with paging counts and links (workers have no geometry).
+    A worker sees only themself; dispatchers and planners the workers of their area."""
     workers, total = repo.list_workers(
-        session, grid_code=grid, role=role, limit=page.limit, offset=page.offset
+        session, grid_code=grid, role=role, limit=page.limit, offset=page.offset, actor=actor
     )
     return WorkerPage(
         numberMatched=total,

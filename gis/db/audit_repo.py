@@ -40,6 +40,53 @@ def record(
     )
 
 
+def _utc(value: datetime | None) -> datetime | None:
+    if value is None:
+        return None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _where(
+    *,
+    action: str | None = None,
+    object_type: str | None = None,
+    object_id: str | None = None,
+    actor: str | None = None,
+    role: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+) -> list:
+    where = []
+    if action:
+        where.append(AuditEntry.action.startswith(action, autoescape=True))
+    if object_type:
+        where.append(AuditEntry.object_type == object_type)
+    if object_id:
+        where.append(AuditEntry.object_id == object_id)
+    if actor:
+        where.append(AuditEntry.actor == actor)
+    if role:
+        where.append(AuditEntry.role == role)
+    if since:
+        where.append(AuditEntry.at >= _utc(since))
+    if until:
+        where.append(AuditEntry.at < _utc(until))
+    return where
+
+
+def _to_dict(r: AuditEntry) -> dict[str, Any]:
+    return {
+        "id": r.id,
+        "at": _utc(r.at).isoformat(),
+        "actor": r.actor,
+        "role": r.role,
+        "action": r.action,
+        "object_type": r.object_type,
+        "object_id": r.object_id,
+        "detail": r.detail,
+    }
+
+
 def entries(
     session: Session,
     *,
@@ -51,26 +98,26 @@ def entries(
     offset: int = 0,
 ) -> list[dict[str, Any]]:
     """Audit rows, newest first, optionally narrowed by action, object and time."""
-    stmt = sa.select(AuditEntry).order_by(AuditEntry.id.desc())
-    if action:
-        stmt = stmt.where(AuditEntry.action.startswith(action))
-    if object_type:
-        stmt = stmt.where(AuditEntry.object_type == object_type)
-    if object_id:
-        stmt = stmt.where(AuditEntry.object_id == object_id)
-    if since:
-        stmt = stmt.where(AuditEntry.at >= since)
+    rows, _total = entries_page(
+        session,
+        action=action,
+        object_type=object_type,
+        object_id=object_id,
+        since=since,
+        limit=limit,
+        offset=offset,
+    )
+    return rows
+
+
+def entries_page(
+    session: Session, *, limit: int = 100, offset: int = 0, **filters: Any
+) -> tuple[list[dict[str, Any]], int]:
+    """Audit rows newest first and the number matching before paging. Filters: `action`
+    (a prefix), `object_type`, `object_id`, `actor`, `role`, `since` (inclusive) and
+    `until` (exclusive)."""
+    where = _where(**filters)
+    total = session.scalar(sa.select(sa.func.count()).select_from(AuditEntry).where(*where))
+    stmt = sa.select(AuditEntry).where(*where).order_by(AuditEntry.id.desc())
     rows = session.scalars(stmt.limit(limit).offset(offset)).all()
-    return [
-        {
-            "id": r.id,
-            "at": r.at.isoformat(),
-            "actor": r.actor,
-            "role": r.role,
-            "action": r.action,
-            "object_type": r.object_type,
-            "object_id": r.object_id,
-            "detail": r.detail,
-        }
-        for r in rows
-    ]
+    return [_to_dict(r) for r in rows], total

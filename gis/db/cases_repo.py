@@ -12,6 +12,7 @@ grid → ``inside``; by several (a shared edge or vertex) → the lowest code,
 
 from __future__ import annotations
 
+import json
 import math
 import uuid
 from collections import Counter
@@ -25,8 +26,18 @@ from sqlalchemy.orm import Session, aliased
 
 from gis import cases as rules
 from gis.cases import Actor
-from gis.db import repo
-from gis.db.models import Area, Case, CaseEvent, Category, Generation, Worker, WorkerGrid
+from gis.db import audit_repo, repo
+from gis.db.models import (
+    Area,
+    AuditEntry,
+    Base,
+    Case,
+    CaseEvent,
+    Category,
+    Generation,
+    Worker,
+    WorkerGrid,
+)
 from gis.domain import CASE_SOURCES
 from gis.errors import InvalidInput, NotFound
 
@@ -34,6 +45,60 @@ EARTH_RADIUS_M = 6_371_008.8
 # Statuses whose worker follows the grid when a re-route moves the case: nobody has
 # taken it in hand yet.
 _UNCLAIMED = ("reported", "returned")
+
+#: Who filed a case, for cases filed by a logged-in user (migration 0006): residents
+#: read only their own reports. Kept apart from `cases` so the public row holds no
+#: identity, and anonymous reports have no row here.
+case_reporters = sa.Table(
+    "case_reporters",
+    Base.metadata,
+    sa.Column("case_id", sa.Integer, sa.ForeignKey("cases.id"), primary_key=True),
+    sa.Column("username", sa.String(64), nullable=False, index=True),
+)
+
+
+def case_scope(actor: Actor | None) -> sa.ColumnElement | None:
+    """A WHERE clause on `cases` keeping what `actor` may see (None: everything).
+
+    Area roles see cases routed anywhere under their area; workers their grids and the
+    cases assigned to them; departments the cases of their categories; residents the
+    cases they filed; anonymous callers none (the public Open311 feed is separate).
+    """
+    if actor is None:
+        return None
+    kind = rules.scope_kind(actor)
+    if kind == "all":
+        return None
+    if kind == "area":
+        under = repo.codes_under(actor.scope)
+        return sa.or_(
+            Case.grid_code.in_(under), Case.community_code.in_(under), Case.street_code.in_(under)
+        )
+    if kind == "grids":
+        mine = Case.worker_id.in_(
+            sa.select(Worker.id).where(Worker.code == (actor.worker_code or ""))
+        )
+        grids = list(actor.grid_codes)
+        return sa.or_(Case.grid_code.in_(grids), mine) if grids else mine
+    if kind == "categories":
+        return Case.category_code.in_(
+            sa.select(Category.code).where(Category.department == actor.scope)
+        )
+    if kind == "own":
+        return Case.id.in_(
+            sa.select(case_reporters.c.case_id).where(case_reporters.c.username == actor.name)
+        )
+    return sa.false()
+
+
+def _check_reach(session: Session, case: Case, actor: Actor | None, ref) -> None:
+    """NotFound, worded as for a missing case, when the case is outside the actor's reach:
+    a caller learns nothing about cases they may not see."""
+    reach = case_scope(actor)
+    if reach is None:
+        return
+    if session.scalar(sa.select(Case.id).where(Case.id == case.id, reach)) is None:
+        raise NotFound(f"no case {ref!r}", case=str(ref))
 
 
 def _utc(value: datetime | None) -> datetime | None:
@@ -329,7 +394,20 @@ _CASE_INSERT_PG = sa.text(
             :generation_id, :route_flag, :worker_id, 0, :reported_at,
             :deadline_at, :updated_at, ST_GeomFromText(:wkt, 4326)
         )
+        RETURNING id, code
+    ),
+    a AS (
+        INSERT INTO audit_log (at, actor, role, action, object_type, object_id, detail)
+        SELECT :reported_at, :audit_actor, :audit_role, 'case.report', 'case', code,
+               CAST(:audit_detail AS json)
+        FROM c
         RETURNING id
+    ),
+    r AS (
+        INSERT INTO case_reporters (case_id, username)
+        SELECT id, CAST(:reporter_user AS text) FROM c
+        WHERE CAST(:reporter_user AS text) IS NOT NULL
+        RETURNING case_id
     )
     INSERT INTO case_events (case_id, at, actor, action, from_status, to_status, note)
     VALUES ((SELECT id FROM c), :reported_at, :actor, 'report', NULL, 'reported', :note)
@@ -338,18 +416,35 @@ _CASE_INSERT_PG = sa.text(
 )
 
 
-def _insert_case(session: Session, values: dict[str, Any], actor: str, note: str) -> int:
-    """Write the case and its 'report' event; the case's id (its code follows from it).
+def _insert_case(
+    session: Session,
+    values: dict[str, Any],
+    actor: str,
+    note: str,
+    audit: dict[str, Any],
+    reporter_user: str | None,
+) -> int:
+    """Write the case, its 'report' event, its audit row and (for a logged-in reporter)
+    the reporter link; the case's id (its code follows from it).
 
-    PostGIS: one statement (the id from the sequence, then both rows). SpatiaLite:
-    insert, set the code from the new id, insert the event.
+    PostGIS: one statement (the id from the sequence, then every row). SpatiaLite:
+    insert, set the code from the new id, insert the rest.
     """
     reported_at = values["reported_at"]
     code_prefix = f"C{reported_at:%Y%m%d}-"
     if repo._is_postgis(session):
         return session.execute(
             _CASE_INSERT_PG,
-            {**values, "code_prefix": code_prefix, "actor": actor, "note": note},
+            {
+                **values,
+                "code_prefix": code_prefix,
+                "actor": actor,
+                "note": note,
+                "audit_actor": audit["actor"],
+                "audit_role": audit["role"],
+                "audit_detail": json.dumps(audit["detail"]),
+                "reporter_user": reporter_user,
+            },
         ).scalar_one()
     cases, events = Case.__table__, CaseEvent.__table__
     row = dict(values)
@@ -372,6 +467,19 @@ def _insert_case(session: Session, values: dict[str, Any], actor: str, note: str
             note=note,
         )  # fmt: skip
     )
+    session.execute(
+        sa.insert(AuditEntry.__table__).values(
+            at=reported_at,
+            actor=audit["actor"],
+            role=audit["role"],
+            action="case.report",
+            object_type="case",
+            object_id=f"{code_prefix}{case_id:06d}",
+            detail=audit["detail"],
+        )
+    )
+    if reporter_user is not None:
+        session.execute(sa.insert(case_reporters).values(case_id=case_id, username=reporter_user))
     return case_id
 
 
@@ -400,6 +508,7 @@ def create_case(
     reporter_email: str | None = None,
     photo_url: str | None = None,
     actor: Actor | None = None,
+    reporter_user: str | None = None,
     now: datetime | None = None,
     near_outside_m: float = rules.NEAR_OUTSIDE_M,
     duplicate_radius_m: float = rules.DUPLICATE_RADIUS_M,
@@ -411,6 +520,8 @@ def create_case(
     Returns the case dict (as `get_case` gives it) plus `possible_duplicates` (open
     cases of the same category nearby and recent) so a resident can follow one of
     those instead; with `with_chain`, also the grid's `chain` (as `case_chain`).
+    `reporter_user` (a logged-in user's name) lets that user read the case later; the
+    intake is audited in the same transaction.
 
     Online cost: one statement reads the category, the active generation, the grid
     covering the point with its chain of areas and its worker; one finds the possible
@@ -493,7 +604,13 @@ def create_case(
         "wkt": f"POINT({lon!r} {lat!r})",
     }
     note = _ROUTE_NOTES[flag].format(grid_code)
-    case_id = _insert_case(session, values, actor.label if actor else source, note)
+    audit = {
+        "actor": actor.label if actor else source,
+        "role": actor.role if actor else "system",
+        "detail": {"category": row.cat_code, "grid": grid_code, "route_flag": flag},
+    }
+    event_actor = actor.label if actor is not None and actor.name else source
+    case_id = _insert_case(session, values, event_actor, note, audit, reporter_user)
     out = {
         "id": case_id,
         "code": f"C{now:%Y%m%d}-{case_id:06d}",
@@ -748,9 +865,11 @@ def _find_case(session: Session, ref: int | str, *, lock: bool = False) -> Case:
     return case
 
 
-def get_case(session: Session, ref: int | str) -> dict[str, Any]:
-    """One case by id or code; NotFound if there is none."""
+def get_case(session: Session, ref: int | str, actor: Actor | None = None) -> dict[str, Any]:
+    """One case by id or code; NotFound if there is none or (given an `actor`) it is
+    outside their reach."""
     case = _find_case(session, ref)
+    _check_reach(session, case, actor, ref)
     row = session.execute(_case_select().where(Case.id == case.id)).one()
     return case_to_dict(row)
 
@@ -821,12 +940,14 @@ def list_cases(
     limit: int | None = 100,
     offset: int = 0,
     now: datetime | None = None,
+    actor: Actor | None = None,
 ) -> tuple[list[dict[str, Any]], int]:
     """Cases matching every filter given, newest first, with the total before paging.
 
     `since` is inclusive and `until` exclusive, both on the time reported; `overdue`
     means past the deadline and still open (see `gis.cases.OPEN_STATUSES`);
     `route_flag='unrouted'` is the dispatcher's queue of cases outside every grid.
+    With an `actor`, only the cases within their reach (see `case_scope`).
     """
     where = _filters(
         session,
@@ -844,6 +965,9 @@ def list_cases(
         route_flag=route_flag,
         now=now,
     )
+    reach = case_scope(actor)
+    if reach is not None:
+        where.append(reach)
     total = session.scalar(sa.select(sa.func.count()).select_from(Case).where(*where))
     stmt = (
         _case_select()
@@ -884,7 +1008,11 @@ STAT_LEVELS = {
 
 
 def case_stats(
-    session: Session, *, level: str = "grid", parent: str | None = None
+    session: Session,
+    *,
+    level: str = "grid",
+    parent: str | None = None,
+    actor: Actor | None = None,
 ) -> list[dict[str, Any]]:
     """Per area of a level: case counts in total, by status and by category.
 
@@ -900,9 +1028,13 @@ def case_stats(
     where = []
     if parent is not None:
         if parent_name is None:
-            where.append(column.like(f"{parent}%"))  # street codes start with the district's
+            # Streets under a district by the area chain, not by code prefix.
+            where.append(column.in_(repo.codes_under(parent)))
         else:
             where.append(Case.__table__.c[parent_name] == parent)
+    reach = case_scope(actor)
+    if reach is not None:
+        where.append(reach)
     rows = session.execute(
         sa.select(column, Case.status, Case.category_code, sa.func.count())
         .where(*where)
@@ -946,6 +1078,8 @@ def transition(
     and InvalidInput naming the field when a step's parameter is missing or wrong.
     """
     case = _find_case(session, ref, lock=True)
+    _check_reach(session, case, actor, ref)
+    from_status = case.status
     _apply(
         session,
         case,
@@ -957,6 +1091,14 @@ def transition(
         rating=rating,
         duplicate_of=duplicate_of,
         reason=reason,
+    )
+    audit_repo.record(
+        session,
+        actor,
+        f"case.{action}",
+        "case",
+        case.code,
+        {"from": from_status, "to": case.status, "note": note, "reason": reason},
     )
     session.flush()
     return get_case(session, case.id)
@@ -1105,6 +1247,16 @@ def escalate_overdue(session: Session, *, now: datetime | None = None) -> list[d
                 "deadline_at": _iso(case.deadline_at),
             }
         )
+    if moved:
+        audit_repo.record(
+            session,
+            rules.SYSTEM,
+            "case.escalate_overdue",
+            "case",
+            None,
+            {"cases": [m["code"] for m in moved]},
+            at=now,
+        )
     session.flush()
     return moved
 
@@ -1218,5 +1370,14 @@ def reroute(
             )
     if events:
         session.execute(sa.insert(CaseEvent.__table__), events)
+    audit_repo.record(
+        session,
+        rules.SYSTEM,
+        "case.reroute",
+        "generation",
+        generation.name,
+        {"moved": summary["moved"], "moves": summary["moves"]},
+        at=now,
+    )
     session.flush()
     return summary

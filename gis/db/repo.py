@@ -120,6 +120,101 @@ def list_generations(session: Session) -> list[Generation]:
     return list(session.scalars(sa.select(Generation).order_by(Generation.id)))
 
 
+# ---------------------------------------------------------------------- scope
+# A caller's reach is filtered here, in SQL, so every front door gets the same rule.
+# "Inside an area" follows the parent_code chain (imported codes need not share a
+# prefix with their parents), across generations: codes are stable identities.
+
+
+def codes_under(area_code: str, generation_id: int | None = None) -> sa.Select:
+    """SELECT of the area code itself and every code below it (recursive CTE).
+
+    UNION (not UNION ALL) drops the repeats one code has across generations, which
+    also stops the recursion on a cycle in bad data.
+    """
+    top = sa.select(sa.literal(area_code, sa.String).label("code")).cte(
+        "scope_codes", recursive=True
+    )
+    child = sa.select(Area.code).join(top, Area.parent_code == top.c.code)
+    if generation_id is not None:
+        child = child.where(Area.generation_id == generation_id)
+    tree = top.union(child)
+    return sa.select(tree.c.code)
+
+
+def area_within(session: Session, code: str | None, scope_code: str) -> bool:
+    """Whether area `code` is `scope_code` or lies below it (in any generation)."""
+    if not code:
+        return False
+    return (
+        session.scalar(
+            sa.select(sa.literal(1)).where(sa.literal(code, sa.String).in_(codes_under(scope_code)))
+        )
+        is not None
+    )
+
+
+def actor_reaches_area(session: Session, actor, code: str | None) -> bool:
+    """Whether an actor may see data filed under area `code` (a grid or any level)."""
+    from gis.cases import scope_kind
+
+    kind = scope_kind(actor)
+    if kind == "all":
+        return True
+    if kind == "area":
+        return area_within(session, code, actor.scope)
+    if kind == "grids":
+        return code is not None and code in actor.grid_codes
+    return False
+
+
+def _scope_filter(actor, *code_columns) -> sa.ColumnElement | None:
+    """A WHERE clause keeping rows whose area columns lie in the actor's reach (None: all).
+
+    Roles with no area reach (department, resident, anonymous) match nothing here;
+    their own reach (categories, own reports) is handled where it applies.
+    """
+    from gis.cases import scope_kind
+
+    kind = scope_kind(actor)
+    if kind == "all":
+        return None
+    if kind == "area":
+        under = codes_under(actor.scope)
+        return sa.or_(*(c.in_(under) for c in code_columns))
+    if kind == "grids":
+        grids = list(actor.grid_codes)
+        return code_columns[0].in_(grids) if grids else sa.false()
+    return sa.false()
+
+
+def check_generation_scope(session: Session, generation: Generation, actor) -> None:
+    """Forbidden unless every area of `generation` lies within the actor's area scope."""
+    from gis.cases import scope_kind
+    from gis.errors import Forbidden
+
+    kind = scope_kind(actor)
+    if kind == "all":
+        return
+    if kind == "area":
+        outside = session.scalar(
+            sa.select(sa.func.count())
+            .select_from(Area)
+            .where(
+                Area.generation_id == generation.id,
+                Area.code.not_in(codes_under(actor.scope, generation.id)),
+            )
+        )
+        if not outside:
+            return
+        raise Forbidden(
+            f"generation {generation.name!r} has {outside} area(s) outside your scope "
+            f"{actor.scope!r}",
+            scope=actor.scope,
+        )
+    raise Forbidden(f"a {actor.role} may not switch boundary generations", role=actor.role)
+
+
 def create_generation(
     session: Session, name: str | None = None, note: str | None = None
 ) -> Generation:
@@ -133,8 +228,12 @@ def create_generation(
     return gen
 
 
-def activate_generation(session: Session, generation: Generation) -> Generation:
-    """Switch `generation` on and retire the one that was active."""
+def activate_generation(session: Session, generation: Generation, actor=None) -> Generation:
+    """Switch `generation` on and retire the one that was active (audited).
+
+    With an `actor`, every area of the generation must lie within their scope."""
+    if actor is not None:
+        check_generation_scope(session, generation, actor)
     if generation.status == "active":
         return generation
     count = session.scalar(
@@ -153,6 +252,16 @@ def activate_generation(session: Session, generation: Generation) -> Generation:
     session.flush()
     generation.status = "active"
     generation.activated_at = now_utc()
+    from gis.db import audit_repo
+
+    audit_repo.record(
+        session,
+        actor,
+        "generation.activate",
+        "generation",
+        generation.name,
+        {"id": generation.id, "grids": count},
+    )
     session.flush()
     return generation
 
@@ -535,9 +644,15 @@ def buildings_gdf(
     bbox: tuple[float, float, float, float] | None = None,
     limit: int | None = None,
     offset: int = 0,
+    actor=None,
 ) -> tuple[gpd.GeoDataFrame, int]:
+    """Buildings matching the filters; with an `actor`, only those within their reach."""
     table = Building.__table__
     where = []
+    if actor is not None:
+        reach = _scope_filter(actor, table.c.grid_code, table.c.community_code)
+        if reach is not None:
+            where.append(reach)
     if grid_code:
         where.append(table.c.grid_code == grid_code)
     if community_code:
@@ -676,8 +791,18 @@ def list_workers(
     role: str | None = None,
     limit: int | None = None,
     offset: int = 0,
+    actor=None,
 ) -> tuple[list[dict[str, Any]], int]:
+    """Workers matching the filters; with an `actor`, a worker sees only themself and
+    area roles the workers owning a grid in their area."""
     stmt = sa.select(Worker)
+    if actor is not None:
+        if actor.role == "worker":
+            stmt = stmt.where(Worker.code == (actor.worker_code or ""))
+        else:
+            reach = _scope_filter(actor, WorkerGrid.grid_code)
+            if reach is not None:
+                stmt = stmt.where(Worker.id.in_(sa.select(WorkerGrid.worker_id).where(reach)))
     if grid_code:
         stmt = stmt.where(
             Worker.id.in_(sa.select(WorkerGrid.worker_id).where(WorkerGrid.grid_code == grid_code))
