@@ -630,7 +630,6 @@ def map_(
     from datetime import datetime
 
     from api.routers import maps as maps_router
-    from gis.crs import parse_crs, point_to_storage
     from maps import render
     from maps.assets import write_map_file
     from maps.basemap import parse_basemap
@@ -646,20 +645,20 @@ def map_(
         with sessions() as s:
             if kind == "coverage":
                 frames = maps_router.coverage_frames(s)
-                fmap = render.render_coverage(**frames, lang=lang, basemap=basemap)
+                extras = maps_router.coverage_extras(s, settings)  # isochrones, uncovered
+                fmap = render.render_coverage(**frames, **extras, lang=lang, basemap=basemap)
             elif kind == "grid":
                 if not code:
                     err.print("[red]error:[/red] grid needs --code")
                     raise typer.Exit(2)
-                frames = maps_router.worker_area_frames(s, code)
-                fmap = render.render_worker_area(**frames, lang=lang, basemap=basemap)
+                # A file may travel: drawn for no one in particular, so no cared-for residents.
+                fmap = maps_router.build_grid_map(s, code, None, lang, basemap)
             elif kind == "nearest":
                 if lon is None or lat is None:
                     err.print("[red]error:[/red] nearest needs --lon and --lat")
                     raise typer.Exit(2)
-                x, y = point_to_storage(lon, lat, parse_crs(crs))
-                stations = maps_router.nearest_frame(s, x, y, 5)
-                fmap = render.render_nearest((x, y), stations, lang=lang, basemap=basemap)
+                stations, point = maps_router.nearest_frame(s, settings, lon, lat, 5, crs)
+                fmap = render.render_nearest(point, stations, lang=lang, basemap=basemap)
             else:
                 start = datetime.fromisoformat(since) if since else None
                 end = datetime.fromisoformat(until) if until else None

@@ -16,6 +16,8 @@ import numpy as np
 import pandas as pd
 import shapely
 from branca.element import MacroElement
+from folium.elements import JSCSSMixin
+from folium.plugins import HeatMap, MarkerCluster
 from jinja2 import Template
 
 from maps.basemap import BACKGROUND, Basemap, shift_gdf
@@ -164,7 +166,8 @@ def new_map(bounds: Sequence[float] | None, basemap: Basemap) -> folium.Map:
 class Legend(MacroElement):
     """A legend box drawn as a Leaflet control (so it stacks with the others).
 
-    `title` and `entries` [(label, colour), ...] stay readable on the object for tests.
+    `title` and `entries` [(label, colour), ...] stay readable on the object for tests; an
+    entry (label, colour, key) also shows the count a fetched layer reports under `key`.
     """
 
     _template = Template(
@@ -201,12 +204,19 @@ class Legend(MacroElement):
         self.position = position
         radius = "50%" if shape == "dot" else "2px"
         rows = "".join(
-            f'<div><i style="background:{colour};border-radius:{radius}"></i>'
-            f"{html.escape(text)}</div>"
-            for text, colour in self.entries
+            f'<div><i style="background:{entry[1]};border-radius:{radius}"></i>'
+            f"{html.escape(entry[0])}{_count_span(entry)}</div>"
+            for entry in self.entries
         )
         extra = "".join(f'<div class="note">{html.escape(n)}</div>' for n in notes)
         self.inner_html = f"<b>{html.escape(title)}</b>{rows}{extra}"
+
+
+def _count_span(entry: Sequence[str]) -> str:
+    """A legend entry (text, colour, count_key) gets a span the page fills with a count."""
+    if len(entry) < 3:
+        return ""
+    return f': <span data-count-for="{html.escape(entry[2])}">…</span>'
 
 
 class Title(MacroElement):
@@ -264,3 +274,214 @@ def total_bounds(*gdfs: gpd.GeoDataFrame | None) -> np.ndarray | None:
         return None
     b = np.vstack(boxes)
     return np.array([b[:, 0].min(), b[:, 1].min(), b[:, 2].max(), b[:, 3].max()])
+
+
+# ------------------------------------------------- layers fetched by the page
+
+# One small loader shared by every fetched layer. `wanggePending` counts fetches still
+# under way (the browser tests wait for it to reach 0); a failed fetch is reported on
+# the console and in the page, never silently dropped.
+LOADER_JS = """<script>
+window.wanggePending = 0;
+function wanggeLoad(url, onData) {
+  window.wanggePending += 1;
+  return fetch(url, {credentials: 'same-origin', headers: {Accept: 'application/geo+json'}})
+    .then(function (r) {
+      if (!r.ok) { throw new Error('HTTP ' + r.status); }
+      return r.json();
+    })
+    .then(onData)
+    .catch(function (e) {
+      console.error('wangge: could not load ' + url + ': ' + e.message);
+      var box = document.createElement('div');
+      box.className = 'wangge-load-error';
+      box.textContent = url + ': ' + e.message;
+      document.body.appendChild(box);
+    })
+    .finally(function () { window.wanggePending -= 1; });
+}
+function wanggeTooltip(props, fields, aliases) {
+  var rows = [];
+  fields.forEach(function (k, i) {
+    if (props[k] !== null && props[k] !== undefined) {
+      rows.push('<b>' + aliases[i] + '</b>: ' + props[k]);
+    }
+  });
+  return rows.join('<br>');
+}
+function wanggeCount(key, n) {
+  document.querySelectorAll('[data-count-for="' + key + '"]').forEach(function (el) {
+    el.textContent = String(n);
+  });
+}
+</script>
+<style>.wangge-load-error {position: absolute; bottom: 4px; left: 4px; z-index: 1000;
+  background: #fee; color: #900; padding: 4px 8px; font: 12px sans-serif;}</style>"""
+
+
+def add_loader(element) -> None:
+    """Put the fetch helper in the page head once (keyed, so adding twice is harmless)."""
+    element.get_root().header.add_child(folium.Element(LOADER_JS), name="wangge_loader")
+
+
+class RemoteGeoJson(folium.map.Layer):
+    """A GeoJSON layer the page fetches from `url` (same origin) instead of inlining it.
+
+    Polygons get `style`; points become circle markers with `marker` options; the
+    tooltip lists `fields` under `aliases` (values arrive HTML-escaped from the server).
+    `lazy=True` fetches only when the layer is first switched on in the layer control,
+    for layers most viewers never open. `count_key` names legend spans that show the
+    number of features once they have arrived.
+    """
+
+    _template = Template(
+        """
+        {% macro script(this, kwargs) %}
+        var {{ this.get_name() }} = L.featureGroup();
+        (function (group) {
+            var loaded = false;
+            function load() {
+                if (loaded) { return; }
+                loaded = true;
+                wanggeLoad({{ this.url|tojson }}, function (data) {
+                    var fields = {{ this.fields|tojson }}, aliases = {{ this.aliases|tojson }};
+                    L.geoJSON(data, {
+                        style: function () { return {{ this.style|tojson }}; },
+                        pointToLayer: function (f, latlng) {
+                            return L.circleMarker(latlng, {{ this.marker|tojson }});
+                        },
+                        onEachFeature: function (f, layer) {
+                            var text = wanggeTooltip(f.properties || {}, fields, aliases);
+                            if (text) { layer.bindTooltip(text, {sticky: true}); }
+                        }
+                    }).addTo(group);
+                    {% if this.count_key %}
+                    wanggeCount({{ this.count_key|tojson }}, (data.features || []).length);
+                    {% endif %}
+                });
+            }
+            {% if this.lazy %}group.on('add', load);{% else %}load();{% endif %}
+        })({{ this.get_name() }});
+        {% endmacro %}
+        """
+    )
+
+    def __init__(
+        self,
+        url: str,
+        name: str,
+        *,
+        style: dict | None = None,
+        marker: dict | None = None,
+        fields: Sequence[str] = (),
+        aliases: Sequence[str] = (),
+        show: bool = True,
+        lazy: bool = False,
+        count_key: str | None = None,
+    ):
+        super().__init__(name=name, overlay=True, control=True, show=show)
+        self._name = "RemoteGeoJson"
+        self.url, self.lazy, self.count_key = url, lazy, count_key
+        self.style = style or {}
+        self.marker = marker or {"radius": 4}
+        self.fields = list(fields)
+        self.aliases = [html.escape(a) for a in (aliases or fields)]
+
+    def render(self, **kwargs):
+        add_loader(self)  # as folium adds a plugin's scripts: in the head, while rendering
+        super().render(**kwargs)
+
+
+class EmptyCluster(JSCSSMixin, folium.map.Layer):
+    """A marker cluster layer that starts empty; `RemoteCases` fills it."""
+
+    _template = Template(
+        """
+        {% macro script(this, kwargs) %}
+        var {{ this.get_name() }} = L.markerClusterGroup({chunkedLoading: true});
+        {% endmacro %}
+        """
+    )
+    default_js = MarkerCluster.default_js
+    default_css = MarkerCluster.default_css
+
+    def __init__(self, name: str, key: str):
+        super().__init__(name=name, overlay=True, control=True, show=True)
+        self._name = "EmptyCluster"
+        self.key = key
+
+
+class EmptyHeat(JSCSSMixin, folium.map.Layer):
+    """A heat layer that starts empty; `RemoteCases` fills it."""
+
+    _template = Template(
+        """
+        {% macro script(this, kwargs) %}
+        var {{ this.get_name() }} = L.heatLayer([], {{ this.options|tojson }});
+        {% endmacro %}
+        """
+    )
+    default_js = HeatMap.default_js
+
+    def __init__(self, name: str, **options):
+        super().__init__(name=name, overlay=True, control=True, show=True)
+        self._name = "EmptyHeat"
+        self.options = options
+
+
+class RemoteCases(MacroElement):
+    """Fetches case points (GeoJSON with `class`, `colour`, `tooltip`) into a heat layer
+    and one cluster layer per category class, so a large case map stays a small page."""
+
+    _template = Template(
+        """
+        {% macro script(this, kwargs) %}
+        wanggeLoad({{ this.url|tojson }}, function (data) {
+            var clusters = {
+                {% for c in this.clusters %}{{ c.key|tojson }}: {{ c.get_name() }},{% endfor %}
+            };
+            var heat = [], byClass = {};
+            (data.features || []).forEach(function (f) {
+                var c = f.geometry.coordinates, p = f.properties;
+                heat.push([c[1], c[0]]);
+                var m = L.circleMarker([c[1], c[0]], {radius: 6, color: '#ffffff', weight: 1,
+                    fillColor: p.colour, fillOpacity: 0.95});
+                m.bindTooltip(p.tooltip);
+                (byClass[p['class']] = byClass[p['class']] || []).push(m);
+            });
+            Object.keys(byClass).forEach(function (k) {
+                if (clusters[k]) { clusters[k].addLayers(byClass[k]); }
+            });
+            {{ this.heat.get_name() }}.setLatLngs(heat);
+            wanggeCount('cases', heat.length);
+        });
+        {% endmacro %}
+        """
+    )
+
+    def __init__(self, url: str, heat: EmptyHeat, clusters: Sequence[EmptyCluster]):
+        super().__init__()
+        self._name = "RemoteCases"
+        self.url, self.heat, self.clusters = url, heat, list(clusters)
+
+    def render(self, **kwargs):
+        add_loader(self)
+        super().render(**kwargs)
+
+
+class PlainPopup(MacroElement):
+    """A popup of ready-made (escaped) HTML. folium's Popup builds its content with
+    jQuery, which wangge does not load."""
+
+    _template = Template(
+        """
+        {% macro script(this, kwargs) %}
+        {{ this._parent.get_name() }}.bindPopup({{ this.html|tojson }});
+        {% endmacro %}
+        """
+    )
+
+    def __init__(self, html_text: str):
+        super().__init__()
+        self._name = "PlainPopup"
+        self.html = html_text

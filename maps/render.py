@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 from folium.plugins import FastMarkerCluster, HeatMap
 
+from gis.cases import Actor
 from maps.basemap import NO_BASEMAP, Basemap, shift_point
 from maps.i18n import (
     care_group_label,
@@ -31,7 +32,12 @@ from maps.layers import (
     LIFE_CIRCLE_RADIUS_M,
     OTHER_STATION_COLOUR,
     STATION_COLOURS,
+    EmptyCluster,
+    EmptyHeat,
     Legend,
+    PlainPopup,
+    RemoteCases,
+    RemoteGeoJson,
     add_chrome,
     display_gdf,
     new_map,
@@ -41,8 +47,9 @@ from maps.layers import (
     total_bounds,
 )
 
-#: Roles that may see cared-for residents: the responsible worker and those above.
-CARE_VIEWER_ROLES = ("worker", "dispatcher", "planner", "admin")
+#: Roles that may see cared-for residents on a map: a worker of the grid (checked
+#: against the worker's own grids), dispatchers (within their scope) and admins.
+CARE_VIEWER_ROLES = ("worker", "dispatcher", "admin")
 # Case states (gis.cases vocabulary) grouped into the colours a case map shows.
 OPEN_STATUSES = ("reported", "dispatched", "accepted", "in_progress", "returned", "escalated")
 STATUS_GROUPS: dict[str, tuple[tuple[str, ...], str]] = {
@@ -163,16 +170,24 @@ def render_coverage(
     stations_gdf: gpd.GeoDataFrame | None,
     *,
     isochrones_gdf: gpd.GeoDataFrame | None = None,
+    isochrone_urls: dict[str, str] | None = None,
     uncovered_gdf: gpd.GeoDataFrame | None = None,
+    uncovered_url: str | None = None,
+    minutes: int = STATION_RADIUS_MINUTES,
+    radius_m: float | None = None,
     lang: str = "zh",
     basemap: Basemap = NO_BASEMAP,
 ) -> folium.Map:
     """Grids coloured by load share of their community, outlines, stations and coverage.
 
     `grids_gdf`: code, parent_code (community), geometry; optional name, worker,
-    households, open_cases, workload_share. `isochrones_gdf`: station_code, minutes,
-    geometry; without it each station gets its 10-minute life-circle radius.
-    `uncovered_gdf`: buildings no station covers, highlighted.
+    households, open_cases, workload_share. Station coverage is drawn from the first of:
+    `isochrones_gdf` (station_code, minutes, optional kind, geometry: walking isochrones,
+    dissolved per kind), `isochrone_urls` (kind -> URL of the same as GeoJSON, fetched by
+    the page; the first kind is shown, the others load when switched on), or a circle of
+    `radius_m` (default: the life-circle radius of `minutes`) round each station.
+    Buildings no station reaches within `minutes` are highlighted, inline from
+    `uncovered_gdf` or fetched from `uncovered_url` (for a city, thousands of them).
     """
     check_lang(lang)
     grids = grids_gdf.copy()
@@ -208,17 +223,38 @@ def render_coverage(
         ).add_to(fmap)
 
     stations = display_gdf(stations_gdf, basemap)
-    _add_station_coverage(fmap, stations, isochrones_gdf, basemap, lang)
+    method = _add_station_coverage(
+        fmap,
+        stations,
+        isochrones_gdf=isochrones_gdf,
+        isochrone_urls=isochrone_urls,
+        minutes=minutes,
+        radius_m=radius_m,
+        basemap=basemap,
+        lang=lang,
+    )
+    uncovered_name = label("uncovered", lang)
     if uncovered_gdf is not None and len(uncovered_gdf):
         shown = display_gdf(uncovered_gdf, basemap)
+        ufields = [c for c in UNCOVERED_FIELDS if c in shown.columns]
         folium.GeoJson(
-            to_feature_collection(shown, ["code", "name", "households"]),
-            name=f"{label('uncovered', lang)} ({len(shown)})",
-            marker=folium.CircleMarker(radius=3, color="#e31a1c", fill_opacity=1),
-            style_function=lambda _f: {"color": "#e31a1c", "fillColor": "#e31a1c", "weight": 1},
+            to_feature_collection(shown, ufields),
+            name=f"{uncovered_name} ({len(shown)})",
+            marker=folium.CircleMarker(radius=3, color=UNCOVERED_COLOUR, fill_opacity=1),
+            style_function=lambda _f: UNCOVERED_STYLE,
             tooltip=folium.GeoJsonTooltip(
-                fields=[c for c in ("code", "name", "households") if c in shown.columns]
+                fields=ufields, aliases=[label(UNCOVERED_FIELDS[c], lang) for c in ufields]
             ),
+        ).add_to(fmap)
+    elif uncovered_url:
+        RemoteGeoJson(
+            uncovered_url,
+            uncovered_name,
+            style=UNCOVERED_STYLE,
+            marker={"radius": 3, "color": UNCOVERED_COLOUR, "fillOpacity": 1},
+            fields=list(UNCOVERED_FIELDS),
+            aliases=[label(v, lang) for v in UNCOVERED_FIELDS.values()],
+            count_key="uncovered",
         ).add_to(fmap)
     kinds = add_stations(fmap, stations, lang)
 
@@ -228,31 +264,113 @@ def render_coverage(
     legends = [Legend("share", share_title, share_legend_entries(lang))]
     if kinds:
         legends.append(_station_legend(kinds, lang))
+    if method is not None:
+        legends.append(_coverage_legend(method, minutes, uncovered_gdf, uncovered_url, lang))
     add_chrome(fmap, label("title_coverage", lang), legends)
     return fmap
 
 
-def _add_station_coverage(fmap, stations, isochrones_gdf, basemap, lang) -> None:
-    """Walking isochrones when the network gives them, else a life-circle radius."""
+UNCOVERED_COLOUR = "#e31a1c"
+UNCOVERED_STYLE = {
+    "color": UNCOVERED_COLOUR,
+    "fillColor": UNCOVERED_COLOUR,
+    "weight": 1.5,
+    "fillOpacity": 0.8,
+}
+#: Properties of an uncovered building on the map -> their label keys.
+UNCOVERED_FIELDS = {
+    "code": "code",
+    "name": "name",
+    "households": "households",
+    "walk_min": "minutes",
+}
+ISOCHRONE_COLOUR = "#41ab5d"
+
+
+def _coverage_legend(method, minutes, uncovered_gdf, uncovered_url, lang) -> Legend:
+    area_key = "legend_isochrone" if method == "network" else "legend_radius"
+    entries = [(label(area_key, lang, minutes=minutes), ISOCHRONE_COLOUR)]
+    text = label("legend_uncovered", lang, minutes=minutes)
+    if uncovered_gdf is not None:
+        entries.append((f"{text}: {len(uncovered_gdf)}", UNCOVERED_COLOUR))
+    elif uncovered_url:
+        entries.append((text, UNCOVERED_COLOUR, "uncovered"))
+    notes = [label("walk_network" if method == "network" else "walk_straight", lang)]
+    return Legend("coverage", label("legend_coverage", lang), entries, notes=notes)
+
+
+def _isochrone_style(kind: str | None) -> dict:
+    colour = STATION_COLOURS.get(kind, ISOCHRONE_COLOUR) if kind else ISOCHRONE_COLOUR
+    return {"color": colour, "weight": 1, "fillColor": colour, "fillOpacity": 0.15}
+
+
+def dissolve_isochrones(isochrones_gdf: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
+    """One (multi)polygon per station kind and minutes: overlapping circles of stations of
+    one kind would otherwise stack into dark patches, and a city's thousand stations'
+    polygons repeat the same streets many times over."""
+    iso = isochrones_gdf
+    if "kind" not in iso.columns:
+        iso = iso.assign(kind="")
+    minutes = iso["minutes"] if "minutes" in iso.columns else pd.Series(0, index=iso.index)
+    iso = iso.assign(minutes=minutes.astype(int))
+    out = iso[["kind", "minutes", iso.geometry.name]].dissolve(["kind", "minutes"]).reset_index()
+    out["code"] = [f"isochrone:{k}:{m}" for k, m in zip(out["kind"], out["minutes"], strict=True)]
+    return out
+
+
+def isochrones_feature_collection(
+    isochrones_gdf: gpd.GeoDataFrame, *, basemap: Basemap = NO_BASEMAP
+) -> dict:
+    """Isochrones ready for a map: dissolved per kind, simplified, shifted and rounded."""
+    if isochrones_gdf is None or len(isochrones_gdf) == 0:
+        return {"type": "FeatureCollection", "features": []}
+    shown = display_gdf(dissolve_isochrones(isochrones_gdf), basemap)
+    return to_feature_collection(shown, ["kind", "minutes"])
+
+
+def buildings_feature_collection(
+    buildings_gdf: gpd.GeoDataFrame, *, basemap: Basemap = NO_BASEMAP
+) -> dict:
+    """Uncovered buildings ready for a map (code, name, households, walking minutes)."""
+    shown = display_gdf(buildings_gdf, basemap)
+    if shown is None or len(shown) == 0:
+        return {"type": "FeatureCollection", "features": []}
+    return to_feature_collection(shown, list(UNCOVERED_FIELDS))
+
+
+def _add_station_coverage(
+    fmap, stations, *, isochrones_gdf, isochrone_urls, minutes, radius_m, basemap, lang
+) -> str | None:
+    """Walking isochrones when the network gives them, else a circle round each station.
+
+    Returns "network" or "radius" (what was drawn), None when there is nothing to draw.
+    """
     if isochrones_gdf is not None and len(isochrones_gdf):
-        iso = display_gdf(isochrones_gdf, basemap)
-        cols = [c for c in ("station_code", "minutes") if c in iso.columns]
-        folium.GeoJson(
-            to_feature_collection(iso, cols, id_column=None),
-            name=f"{label('isochrones', lang)} ({len(iso)})",
-            style_function=lambda _f: {
-                "color": "#238b45",
-                "weight": 1,
-                "fillColor": "#41ab5d",
-                "fillOpacity": 0.12,
-            },
-        ).add_to(fmap)
-        return
+        iso = display_gdf(dissolve_isochrones(isochrones_gdf), basemap)
+        for kind, part in iso.groupby("kind", sort=False):
+            folium.GeoJson(
+                to_feature_collection(part, ["kind", "minutes"]),
+                name=_isochrone_layer_name(kind, minutes, lang),
+                style_function=lambda _f, k=kind: _isochrone_style(k),
+            ).add_to(fmap)
+        return "network"
+    if isochrone_urls:
+        ordered = [k for k in STATION_COLOURS if k in isochrone_urls]
+        ordered += sorted(set(isochrone_urls) - set(ordered))
+        for i, kind in enumerate(ordered):
+            RemoteGeoJson(
+                isochrone_urls[kind],
+                _isochrone_layer_name(kind, minutes, lang),
+                style=_isochrone_style(kind),
+                show=i == 0,
+                lazy=i > 0,
+            ).add_to(fmap)
+        return "network"
     if stations is None or len(stations) == 0:
-        return
-    radius_m = LIFE_CIRCLE_RADIUS_M[STATION_RADIUS_MINUTES]
+        return None
+    radius_m = radius_m or LIFE_CIRCLE_RADIUS_M.get(minutes, 80.0 * minutes)
     group = folium.FeatureGroup(
-        name=label("radius", lang, minutes=STATION_RADIUS_MINUTES, radius_m=radius_m), show=True
+        name=label("radius", lang, minutes=minutes, radius_m=f"{radius_m:.0f}"), show=True
     )
     for kind, point in zip(stations["kind"], stations.geometry, strict=True):
         folium.Circle(
@@ -265,6 +383,13 @@ def _add_station_coverage(fmap, stations, isochrones_gdf, basemap, lang) -> None
             interactive=False,
         ).add_to(group)
     group.add_to(fmap)
+    return "radius"
+
+
+def _isochrone_layer_name(kind: str | None, minutes: int, lang: str) -> str:
+    base = label("isochrones", lang)
+    kind_text = f" · {station_kind_label(kind, lang)}" if kind else ""
+    return f"{base}{kind_text} ({label('n_minutes', lang, minutes=minutes)})"
 
 
 # --------------------------------------------------------------- worker area
@@ -308,6 +433,25 @@ def _case_tooltip(row, lang: str, category_names: dict[str, str]) -> str:
     return "<br>".join(html.escape(p) for p in parts)
 
 
+def may_see_cared_for(
+    viewer: Actor | None, grid_codes: Sequence[str], area_codes: Sequence[str] = ()
+) -> bool:
+    """Whether `viewer` may see the cared-for residents of these grids on a map.
+
+    Only a worker who owns every one of the grids, a dispatcher whose scope (an area
+    code) is one of `area_codes` (the grids and the areas above them) or who has no
+    scope, and an admin. Residents, anonymous callers (None), planners, departments and
+    anyone else never do: care data is for the people who visit, not for planning maps.
+    """
+    if viewer is None or not grid_codes or viewer.role not in CARE_VIEWER_ROLES:
+        return False
+    if viewer.role == "admin":
+        return True
+    if viewer.role == "worker":
+        return set(grid_codes) <= set(viewer.grid_codes)
+    return viewer.scope is None or viewer.scope in set(area_codes) | set(grid_codes)
+
+
 def render_worker_area(
     grids_gdf: gpd.GeoDataFrame,
     buildings_gdf: gpd.GeoDataFrame | None,
@@ -316,7 +460,8 @@ def render_worker_area(
     cases_gdf: gpd.GeoDataFrame | None = None,
     stations_gdf: gpd.GeoDataFrame | None = None,
     residents_gdf: gpd.GeoDataFrame | None = None,
-    role: str = "resident",
+    viewer: Actor | None = None,
+    area_codes: Sequence[str] = (),
     category_names: dict[str, str] | None = None,
     now: datetime | None = None,
     lang: str = "zh",
@@ -325,8 +470,10 @@ def render_worker_area(
     """One grid (or a worker's grids) with buildings, cases, neighbours and stations.
 
     Cared-for residents (`residents_gdf`: care_group, geometry) are drawn only when
-    `role` is in CARE_VIEWER_ROLES; for any other role they are dropped before anything
-    is serialised, so no trace of them reaches the page.
+    `may_see_cared_for(viewer, grid codes, area_codes)` holds (`area_codes`: the areas
+    above the grids, for a dispatcher's scope); otherwise they are dropped before
+    anything is serialised, so no trace of them reaches the page. Only the care group is
+    shown, never a name.
     """
     check_lang(lang)
     now = now or datetime.now(UTC)
@@ -401,7 +548,8 @@ def render_worker_area(
     if kinds:
         legends.append(_station_legend(kinds, lang))
 
-    if role in CARE_VIEWER_ROLES and residents_gdf is not None and len(residents_gdf):
+    allowed = may_see_cared_for(viewer, list(grids_gdf["code"].astype(str)), area_codes)
+    if allowed and residents_gdf is not None and len(residents_gdf):
         residents = display_gdf(residents_gdf, basemap)
         group = folium.FeatureGroup(name=f"{label('residents', lang)} ({len(residents)})")
         for grp, point in zip(residents["care_group"], residents.geometry, strict=True):
@@ -434,8 +582,10 @@ def render_nearest(
 
     `stations_gdf`: code, name, kind, minutes, geometry (the station); optional
     distance_m, opening_hours, open_now (True/False/None) and `route` (a LineString
-    geometry column). Without a route a dashed straight line is drawn and the legend
-    says the minutes are a straight-line estimate.
+    geometry column: the walk on the street network). A station without a route gets a
+    dashed straight line, and the legend says its minutes are the documented fallback,
+    straight line × detour factor. Each station carries a permanent label with its
+    name, minutes and open/closed; a click shows distance and opening hours.
     """
     check_lang(lang)
     lon, lat = shift_point(point[0], point[1], basemap)
@@ -467,15 +617,27 @@ def render_nearest(
         )
         colour = {"open": "#1a9641", "closed": "#7f7f7f", "unknown": "#2c7bb6"}[state]
         minutes = row.get("minutes")
+        if minutes is not None and pd.isna(minutes):
+            minutes = None
+        distance = row.get("distance_m")
         text = [
             f"{row.get('name', '')}",
             f"{station_kind_label(str(row.get('kind', '')), lang)}",
             f"{label('minutes', lang)}: {minutes:.0f}" if minutes is not None else "",
+            f"{label('distance_m', lang)}: {distance:.0f}"
+            if distance is not None and not pd.isna(distance)
+            else "",
             f"{label('open_now', lang)}: {label(state, lang)}",
         ]
         if row.get("opening_hours"):
             text.append(f"{label('hours', lang)}: {row['opening_hours']}")
-        tooltip = "<br>".join(html.escape(t) for t in text if t)
+        popup = "<br>".join(html.escape(t) for t in text if t)
+        # Always on screen: the name, minutes on foot and whether it is open now.
+        short = [str(row.get("name", ""))]
+        if minutes is not None:
+            short.append(label("minutes_short", lang, minutes=f"{minutes:.0f}"))
+        short.append(label(state, lang))
+        tooltip = html.escape(" · ".join(short))
         route = route_of.get(row["code"])
         if route is not None:
             coords = [(y, x) for x, y in route.coords]
@@ -493,8 +655,8 @@ def render_nearest(
             weight=2,
             fill_color=colour,
             fill_opacity=1,
-            tooltip=folium.Tooltip(tooltip, permanent=False),
-        ).add_to(station_group)
+            tooltip=folium.Tooltip(tooltip, permanent=True, direction="right"),
+        ).add_child(PlainPopup(popup)).add_to(station_group)
     route_group.add_to(fmap)
     station_group.add_to(fmap)
     folium.CircleMarker(
@@ -506,7 +668,9 @@ def render_nearest(
         fill_opacity=1,
         tooltip=html.escape(label("you", lang)),
     ).add_to(fmap)
-    notes = [] if has_routes else [label("straight_line", lang)]
+    notes = [label("walk_route", lang)] if has_routes else []
+    if not has_routes or stations["route"].isna().any():
+        notes.append(label("straight_line", lang))
     legend = Legend(
         "nearest",
         label("legend_nearest", lang),
@@ -537,9 +701,44 @@ function callback(row) {
 """
 
 
-def render_cases(
+def cases_feature_collection(
     cases_gdf: gpd.GeoDataFrame,
     *,
+    category_names: dict[str, str] | None = None,
+    now: datetime | None = None,
+    lang: str = "zh",
+    basemap: Basemap = NO_BASEMAP,
+) -> dict:
+    """Case points for a page that fetches them: per case its class (first two digits of
+    the category), marker colour and tooltip (HTML-escaped), nothing else."""
+    check_lang(lang)
+    features = []
+    if cases_gdf is not None and len(cases_gdf):
+        cases = display_gdf(cases_gdf, basemap)
+        colours, _overdue = case_colours(cases, now or datetime.now(UTC))
+        classes = cases["category_code"].astype(str).str[:2].to_numpy()
+        xs, ys = cases.geometry.x.to_numpy(), cases.geometry.y.to_numpy()
+        for i, row in enumerate(cases.to_dict("records")):
+            features.append(
+                {
+                    "type": "Feature",
+                    "id": str(row["code"]),
+                    "geometry": {"type": "Point", "coordinates": [float(xs[i]), float(ys[i])]},
+                    "properties": {
+                        "class": str(classes[i]),
+                        "colour": colours[i],
+                        "tooltip": _case_tooltip(row, lang, category_names or {}),
+                    },
+                }
+            )
+    return {"type": "FeatureCollection", "features": features}
+
+
+def render_cases(
+    cases_gdf: gpd.GeoDataFrame | None,
+    *,
+    data_url: str | None = None,
+    class_counts: dict[str, int] | None = None,
     grids_gdf: gpd.GeoDataFrame | None = None,
     category_names: dict[str, str] | None = None,
     class_names: dict[str, str] | None = None,
@@ -553,18 +752,34 @@ def render_cases(
     `cases_gdf`: code, category_code (4-digit subclass; its first two digits are the
     class), status, geometry; optional deadline_at. Each class is its own layer, so the
     layer control filters by category; the caller picks the time range.
+
+    For many cases pass `data_url` (GeoJSON as `cases_feature_collection` makes it) and
+    `class_counts` (class -> cases) instead: the page then fetches the points and fills
+    the same layers, so the HTML stays small.
     """
     check_lang(lang)
     now = now or datetime.now(UTC)
     category_names = category_names or {}
     class_names = class_names or {}
-    cases = display_gdf(cases_gdf, basemap)
+    cases = display_gdf(cases_gdf, basemap) if cases_gdf is not None else None
     grids = display_gdf(grids_gdf, basemap, coverage=True) if grids_gdf is not None else None
-    fmap = new_map(total_bounds(cases if len(cases) else None, grids), basemap)
+    has_cases = cases is not None and len(cases) > 0
+    fmap = new_map(total_bounds(cases if has_cases else None, grids), basemap)
 
     if grids is not None and len(grids):
         _outline_layer(grids, label("grids", lang), "#777777", 0.6).add_to(fmap)
-    if len(cases):
+    if data_url is not None:
+        heat = EmptyHeat(label("heatmap", lang), radius=14, blur=12)
+        heat.add_to(fmap)
+        clusters = []
+        for cls, n in sorted((class_counts or {}).items()):
+            cluster = EmptyCluster(
+                f"{label('cases', lang)} · {class_names.get(cls, cls)} ({n})", key=cls
+            )
+            cluster.add_to(fmap)
+            clusters.append(cluster)
+        RemoteCases(data_url, heat, clusters).add_to(fmap)
+    elif has_cases:
         xy = np.column_stack([cases.geometry.y, cases.geometry.x]).round(6)
         HeatMap(xy.tolist(), name=label("heatmap", lang), radius=14, blur=12).add_to(fmap)
         colours, _overdue = case_colours(cases, now)

@@ -33,17 +33,27 @@ ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 COUNT_LAYERS_JS = """
 const map = Object.values(window).find(v => v instanceof L.Map);
 const out = {polygons: {}, circleMarkers: 0, circles: 0, polylines: 0, clusters: 0,
-             clustered: 0, heat: 0, legends: [], overlays: 0};
+             clustered: 0, heat: 0, heatPoints: 0, legends: [], overlays: 0, tagged: {},
+             uncovered: 0, routeVertices: [], counts: {}};
 map.eachLayer(l => {
   if (L.MarkerClusterGroup && l instanceof L.MarkerClusterGroup) { out.clusters++;
     out.clustered += l.getLayers().length; return; }
-  if (L.HeatLayer && l instanceof L.HeatLayer) { out.heat++; return; }
+  if (L.HeatLayer && l instanceof L.HeatLayer) { out.heat++;
+    out.heatPoints += l._latlngs.length; return; }
+  if (l.feature && l.feature.properties && 'walk_min' in l.feature.properties) {
+    out.uncovered++; return; }
+  if (l.feature && String(l.feature.id).includes(':')) {
+    const tag = String(l.feature.id).split(':')[0]; out.tagged[tag] = (out.tagged[tag] || 0) + 1;
+    return; }
   if (l instanceof L.Circle) { out.circles++; return; }
   if (l instanceof L.CircleMarker) { out.circleMarkers++; return; }
   if (l instanceof L.Polygon) { const n = l.feature ? String(l.feature.id).length : 0;
     out.polygons[n] = (out.polygons[n] || 0) + 1; return; }
-  if (l instanceof L.Polyline) { out.polylines++; return; }
+  if (l instanceof L.Polyline) { out.polylines++;
+    out.routeVertices.push(l.getLatLngs().length); return; }
 });
+document.querySelectorAll('[data-count-for]').forEach(d => {
+  out.counts[d.dataset.countFor] = d.textContent; });
 document.querySelectorAll('.wangge-legend').forEach(d => out.legends.push(d.dataset.legend));
 out.overlays = document.querySelectorAll('.leaflet-control-layers-overlays label').length;
 return out;
@@ -58,14 +68,23 @@ def demo_server(tmp_path_factory):
     migrate(engine)
     load_district(make_sessionmaker(engine), generate_district("small"))
     engine.dispose()
-    with serve(Settings(database_url=url)) as base:
+    # The development identity headers stand in for a login (the browser sends none,
+    # so every request acts as an admin, as in the other tests); built here because a
+    # module-scoped server starts before conftest's per-test environment.
+    settings = Settings(database_url=url, dev_role_headers=True, dev_default_role="admin")
+    with serve(settings) as base:
         api = f"{base}/api/v1"
         grids = httpx.get(f"{api}/areas", params={"level": "grid", "limit": 1}).json()
         stations = httpx.get(f"{api}/stations", params={"limit": 1}).json()
+        coverage = httpx.get(f"{api}/coverage", params={"kind": "neighbourhood", "limit": 1})
+        all_kinds = httpx.get(f"{base}/maps/coverage", params={"layer": "uncovered"})
         facts = {
             "grids": grids["numberMatched"],
             "first_grid": grids["features"][0]["properties"]["code"],
             "stations": stations["numberMatched"],
+            "uncovered": len(all_kinds.json()["features"]),
+            "uncovered_neighbourhood": coverage.json()["uncovered"]["numberMatched"],
+            "cases": 4000,  # the small demo's year of cases
         }
         yield base, facts
 
@@ -108,6 +127,7 @@ def load_page(driver, url: str) -> dict:
             raise AssertionError(f"{url} did not finish loading")
         time.sleep(0.05)
     time.sleep(0.5)  # let Leaflet draw and the heat layer paint
+    wait_for_layers(driver)
     # Only requests made by the map page count; the browser's own start page is not ours.
     url_of, failed = {}, []
     for entry in driver.get_log("performance"):
@@ -127,6 +147,16 @@ def load_page(driver, url: str) -> dict:
         "errors": errors,
         "layers": driver.execute_script(COUNT_LAYERS_JS),
     }
+
+
+def wait_for_layers(driver, timeout_s: float = 30) -> None:
+    """Wait until the layers the page fetches have arrived (`wanggePending` is 0)."""
+    deadline = time.monotonic() + timeout_s
+    while driver.execute_script("return window.wanggePending || 0") > 0:
+        if time.monotonic() > deadline:
+            raise AssertionError("the page's layers did not load")
+        time.sleep(0.05)
+    time.sleep(0.2)
 
 
 def check_clean(page: dict, base: str) -> None:
@@ -157,9 +187,30 @@ def test_coverage_map_in_browser(demo_server, browser):
     assert layers["polygons"]["12"] >= 1  # community outlines
     assert layers["polygons"]["9"] >= 1  # street outlines
     assert layers["circleMarkers"] == facts["stations"]
-    assert layers["circles"] == facts["stations"]  # 10-minute radius of each station
-    assert sorted(layers["legends"]) == ["share", "station_kind"]
+    assert layers["circles"] == 0  # the demo stores its streets: isochrones, not radii
+    # The page fetched its large layers: the first kind's isochrones and the uncovered
+    # buildings (as many as the API counts), and the legend shows that count.
+    fetched = [u for u in page["requests"] if "layer=" in u]
+    assert len(fetched) == 2 and all(u.startswith(f"{base}/maps/coverage?") for u in fetched)
+    assert layers["tagged"] == {"isochrone": 1}
+    assert layers["uncovered"] == facts["uncovered"] > 0
+    assert layers["counts"] == {"uncovered": str(facts["uncovered"])}
+    assert sorted(layers["legends"]) == ["coverage", "share", "station_kind"]
     screenshot(browser, "coverage")
+
+    # Another kind's isochrones load when switched on in the layer control.
+    browser.execute_script(
+        """
+        const labels = [...document.querySelectorAll('.leaflet-control-layers-overlays label')];
+        const off = labels.find(l => l.textContent.includes('步行等时圈')
+                                     && !l.querySelector('input').checked);
+        off.querySelector('input').click();
+        """
+    )
+    wait_for_layers(browser)
+    assert browser.execute_script(COUNT_LAYERS_JS)["tagged"] == {"isochrone": 2}
+    errors = [e for e in browser.get_log("browser") if e["level"] in ("SEVERE", "ERROR")]
+    assert errors == []
 
 
 def test_grid_map_in_browser(demo_server, browser):
@@ -179,7 +230,12 @@ def test_nearest_map_in_browser(demo_server, browser):
     check_clean(page, base)
     layers = page["layers"]
     assert layers["circleMarkers"] == 3 + 1  # three stations and the resident
-    assert layers["polylines"] == 3  # one route (or straight line) to each
+    assert layers["polylines"] == 3  # one walking route to each
+    assert all(n > 2 for n in layers["routeVertices"])  # along the streets, not straight
+    labels = browser.execute_script(
+        "return [...document.querySelectorAll('.leaflet-tooltip')].map(t => t.textContent)"
+    )
+    assert len(labels) == 3 and all("分钟" in t for t in labels)  # minutes on screen
     assert layers["legends"] == ["nearest"]
     screenshot(browser, "nearest")
 
@@ -194,3 +250,15 @@ def test_cases_map_in_browser(demo_server, browser):
     assert layers["clustered"] > 0
     assert layers["legends"] == ["case_status"]
     screenshot(browser, "cases")
+
+
+def test_large_cases_map_fetches_its_points_in_browser(demo_server, browser):
+    base, facts = demo_server
+    page = load_page(browser, f"{base}/maps/cases?since=2000-01-01")  # the whole year
+    check_clean(page, base)
+    layers = page["layers"]
+    assert [u for u in page["requests"] if "layer=cases" in u]
+    assert layers["heat"] == 1 and layers["heatPoints"] == facts["cases"]
+    assert layers["clustered"] == facts["cases"]
+    assert layers["clusters"] >= 5
+    screenshot(browser, "cases-fetched")
