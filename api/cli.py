@@ -669,5 +669,120 @@ def map_(
     console.print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB) and {path.stem}_files/")
 
 
+# ------------------------------------------------------------ users, API keys
+
+user_app = typer.Typer(help="People who log in: add, list, disable.", no_args_is_help=True)
+app.add_typer(user_app, name="user")
+apikey_app = typer.Typer(help="API keys for systems: add, list, disable.", no_args_is_help=True)
+app.add_typer(apikey_app, name="apikey")
+_CLI_ACTOR = Actor("admin", "cli")
+_SCOPE_HELP = (
+    "planner: a district or street code; dispatcher: a community or street code; "
+    "worker: their worker code; department: its name (as in the category tree)"
+)
+
+
+@user_app.command("add")
+def user_add(
+    username: Annotated[str, typer.Argument(help="the login name")],
+    role: Annotated[
+        str, typer.Option(help="admin, planner, dispatcher, worker, department or resident")
+    ],
+    scope: Annotated[str | None, typer.Option(help=_SCOPE_HELP)] = None,
+    name: Annotated[str | None, typer.Option(help="display name")] = None,
+    password: Annotated[
+        str, typer.Option(prompt=True, hide_input=True, help="asked for when not given")
+    ] = "",
+) -> None:
+    """Add a user (the password is stored as an argon2 hash)."""
+    from gis.db import users_repo
+
+    sessions = _sessions(_settings())
+    try:
+        with sessions() as s, s.begin():
+            user = users_repo.add_user(
+                s, username, password, role, scope=scope, display_name=name, actor=_CLI_ACTOR
+            )
+    except WanggeError as exc:
+        _fail(exc)
+    scope_text = f", {user['scope']}" if user["scope"] else ""
+    console.print(f"added {user['username']} ({user['role']}{scope_text})")
+
+
+@user_app.command("list")
+def user_list() -> None:
+    """List users with their role, scope and whether they are active."""
+    from gis.db import users_repo
+
+    sessions = _sessions(_settings())
+    table = Table("username", "role", "scope", "active")
+    with sessions() as s:
+        for u in users_repo.list_users(s):
+            active = "yes" if u["active"] else "no"
+            table.add_row(u["username"], u["role"], u["scope"] or "", active)
+    console.print(table)
+
+
+@user_app.command("disable")
+def user_disable(username: Annotated[str, typer.Argument(help="the login name")]) -> None:
+    """Disable a user: no more logins, and their tokens stop working."""
+    from gis.db import users_repo
+
+    sessions = _sessions(_settings())
+    try:
+        with sessions() as s, s.begin():
+            users_repo.disable_user(s, username, actor=_CLI_ACTOR)
+    except WanggeError as exc:
+        _fail(exc)
+    console.print(f"disabled {username}")
+
+
+@apikey_app.command("add")
+def apikey_add(
+    name: Annotated[str, typer.Argument(help="which system holds the key, e.g. hotline")],
+    role: Annotated[str, typer.Option(help="the role the key acts with")],
+    scope: Annotated[str | None, typer.Option(help=_SCOPE_HELP)] = None,
+) -> None:
+    """Add an API key; it is printed this once (only its SHA-256 is stored)."""
+    from gis.db import users_repo
+
+    sessions = _sessions(_settings())
+    try:
+        with sessions() as s, s.begin():
+            _record, key = users_repo.add_api_key(s, name, role, scope=scope, actor=_CLI_ACTOR)
+    except WanggeError as exc:
+        _fail(exc)
+    console.print(key, soft_wrap=True)
+
+
+@apikey_app.command("list")
+def apikey_list() -> None:
+    """List API keys by name and prefix (never the keys)."""
+    from gis.db import users_repo
+
+    sessions = _sessions(_settings())
+    table = Table("name", "prefix", "role", "scope", "active")
+    with sessions() as s:
+        for k in users_repo.list_api_keys(s):
+            table.add_row(
+                k["name"], k["prefix"], k["role"], k["scope"] or "", "yes" if k["active"] else "no"
+            )
+    console.print(table)
+
+
+@apikey_app.command("disable")
+def apikey_disable(name: Annotated[str, typer.Argument(help="the key's name")]) -> None:
+    """Disable an API key."""
+    from gis.db import users_repo
+
+    sessions = _sessions(_settings())
+    try:
+        with sessions() as s, s.begin():
+            users_repo.disable_api_key(s, name, actor=_CLI_ACTOR)
+    except WanggeError as exc:
+        _fail(exc)
+    console.print(f"disabled API key {name}")
+
+
 if __name__ == "__main__":
     app()
