@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from api.settings import Settings
+from gis.cases import Actor
 from gis.errors import ImportRejected, WanggeError
 
 app = typer.Typer(
