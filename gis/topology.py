@@ -9,6 +9,7 @@ degrees differ from the community's edge by float noise, never by a square metre
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 
 import numpy as np
 import shapely
@@ -16,6 +17,7 @@ import shapely
 from gis.routing import metres_per_degree
 
 TOLERANCE_M2 = 1.0
+PIECE_GAP_M = 0.01
 
 
 def to_local_m(geoms, lon0: float, lat0: float) -> np.ndarray:
@@ -58,11 +60,15 @@ def check_grid_layer(
     *,
     degrees: bool = True,
     tolerance_m2: float = TOLERANCE_M2,
+    one_piece: bool | Collection[str] = False,
 ) -> list[dict]:
     """Problems with a grid layer against its communities, one dict per problem.
 
     Each grid must be a valid (Multi)Polygon, name a known community and lie inside it;
     the grids of a community must cover it (no gaps) without overlapping each other.
+    `one_piece` (True, or the codes it applies to) also asks each grid to be one
+    polygon (contiguous). Problems name the grid (overlaps: both grids; gaps: the
+    grids bordering the gap) and the community.
     """
     grid_codes = list(grid_codes)
     grid_parents = list(grid_parents)
@@ -89,6 +95,21 @@ def check_grid_layer(
                 {"grid": code, "problem": "invalid", "message": f"grid {code}: {reason}"}
             )
             continue
+        wants_one = one_piece is True or (one_piece is not False and code in one_piece)
+        n_parts = shapely.get_num_geometries(geom)
+        if wants_one and n_parts > 1:
+            # Pieces less than a centimetre apart count as one: converting derived
+            # polygons to degrees can split a grid pinched at one vertex in two.
+            n_parts = shapely.get_num_geometries(shapely.buffer(geom, PIECE_GAP_M / 2))
+        if wants_one and n_parts > 1:
+            problems.append(
+                {
+                    "grid": code,
+                    "community": parent,
+                    "problem": "parts",
+                    "message": f"grid {code} is in {n_parts} pieces, not one contiguous polygon",
+                }
+            )
         if parent not in comms:
             problems.append(
                 {
@@ -109,37 +130,68 @@ def check_grid_layer(
 def _check_community(community, comm_geom, members, grid_codes, grids, tolerance_m2) -> list[dict]:
     problems = []
     parts = grids[members]
-    for i, geom in zip(members, parts, strict=True):
+    codes = [grid_codes[i] for i in members]
+    for code, geom in zip(codes, parts, strict=True):
         outside = shapely.area(shapely.difference(geom, comm_geom))
         if outside > tolerance_m2:
             problems.append(
                 {
-                    "grid": grid_codes[i],
+                    "grid": code,
                     "community": community,
                     "problem": "outside",
-                    "message": f"grid {grid_codes[i]}: {outside:,.1f} m² outside community "
-                    f"{community}",
+                    "message": f"grid {code}: {outside:,.1f} m² outside community {community}",
                 }
             )
     union = shapely.union_all(parts)
-    gap = shapely.area(shapely.difference(comm_geom, union))
+    gap_geom = shapely.difference(comm_geom, union)
+    gap = shapely.area(gap_geom)
     if gap > tolerance_m2:
+        # Name the grids around the gap: those within a metre of it.
+        near = [c for c, g in zip(codes, parts, strict=True) if shapely.distance(g, gap_geom) < 1]
+        around = f" (beside grid {', '.join(near)})" if near else ""
         problems.append(
             {
                 "community": community,
+                "grids": near,
                 "problem": "gap",
-                "message": f"community {community}: {gap:,.1f} m² covered by no grid",
+                "message": f"community {community}: {gap:,.1f} m² covered by no grid{around}",
             }
         )
-    overlap = float(shapely.area(parts).sum() - shapely.area(union))
-    if overlap > tolerance_m2:
-        problems.append(
-            {
-                "community": community,
-                "problem": "overlap",
-                "message": f"community {community}: grids overlap by {overlap:,.1f} m²",
-            }
-        )
+    tree = shapely.STRtree(parts)
+    left, right = tree.query(parts, predicate="intersects")
+    for a, b in zip(left, right, strict=True):
+        if a >= b:
+            continue
+        overlap = shapely.area(shapely.intersection(parts[a], parts[b]))
+        if overlap > tolerance_m2:
+            problems.append(
+                {
+                    "grid": codes[a],
+                    "grids": [codes[a], codes[b]],
+                    "community": community,
+                    "problem": "overlap",
+                    "message": f"grids {codes[a]} and {codes[b]} overlap by {overlap:,.1f} m² "
+                    f"(community {community})",
+                }
+            )
+    return problems
+
+
+def check_household_band(grid_codes, households, low: int, high: int) -> list[dict]:
+    """A problem for each grid whose households fall outside [low, high]."""
+    problems = []
+    for code, hh in zip(grid_codes, households, strict=True):
+        if not low <= hh <= high:
+            side = "below" if hh < low else "above"
+            problems.append(
+                {
+                    "grid": code,
+                    "problem": "band",
+                    "households": int(hh),
+                    "message": f"grid {code} has {int(hh):,} households, {side} the band "
+                    f"{low}–{high}",
+                }
+            )
     return problems
 
 

@@ -15,7 +15,7 @@ an area A is about 0.7124·√(n·A)) and is reported, not optimised.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -153,3 +153,91 @@ def summarise_communities(grid_workload: pd.DataFrame) -> pd.DataFrame:
             }
         )
     return pd.DataFrame(rows)
+
+
+# ------------------------------------------------------------------ workers after a redraw
+
+
+def plan_staffing(
+    old_grids: Sequence[str],
+    new_grids: Sequence[str],
+    owners: Mapping[str, Sequence[str]],
+    flows: Mapping[tuple[str, str], float],
+    neighbours: Mapping[str, Collection[str]],
+    grid_households: Mapping[str, float],
+) -> tuple[list[dict], dict[str, list[str]]]:
+    """What happens to grid workers when a redraw retires grids or adds new ones.
+
+    The rules, applied per community (split and merge are the two common cases):
+
+    - A grid whose code survives keeps its workers.
+    - A retired grid (merged away, or dropped from an uploaded layer) hands its
+      buildings to a *successor*: the new-map grid that receives most of its
+      households. If the successor has no worker, the retired grid's workers go with
+      their buildings; otherwise they are *released* (they keep any other grids and
+      are listed, so the community can give them new work).
+    - A new grid (from a split, or a new code in an uploaded layer) that inherits no
+      worker *needs a worker*. It is proposed to the worker of a touching grid with
+      the lightest load (households over all the grids they hold after the redraw;
+      ties by worker code); an apply leaves it unassigned unless told to take the
+      proposal.
+
+    `owners` maps grid code to worker codes before the redraw (any grids);
+    `flows[(old, new)]` is households moving from an old grid to a new one, including
+    those that stay (old == new); `neighbours` maps each new grid to the new grids it
+    shares an edge with; `grid_households` is households per grid after the redraw.
+    Returns the list of changes and the owners afterwards of every grid involved
+    (a retired grid maps to no one).
+    """
+    old_set, new_set = set(old_grids), set(new_grids)
+    after: dict[str, list[str]] = {g: list(owners.get(g, ())) for g in new_set}
+    changes: list[dict] = []
+    for grid in sorted(old_set - new_set):
+        out = {n: h for (o, n), h in flows.items() if o == grid and n in new_set}
+        successor = (
+            min(out, key=lambda n: (-out[n], n)) if out else None
+        )  # most households, then the lowest code
+        workers = list(owners.get(grid, ()))
+        inherits = bool(workers) and successor is not None and not after[successor]
+        if inherits:
+            after[successor] = workers
+        changes.append(
+            {
+                "grid": grid,
+                "change": "retired",
+                "successor": successor,
+                "workers": workers,
+                "workers_go_to": successor if inherits else None,
+                "workers_released": [] if inherits else workers,
+            }
+        )
+        after[grid] = []
+    held: dict[str, set[str]] = {}
+    for grid, workers in owners.items():
+        if grid in old_set - new_set:
+            continue
+        for w in workers:
+            held.setdefault(w, set()).add(grid)
+    for grid in new_set:
+        for w in after.get(grid, ()):
+            held.setdefault(w, set()).add(grid)
+    load = {w: float(sum(grid_households.get(g, 0.0) for g in gs)) for w, gs in held.items()}
+    for grid in sorted(new_set - old_set):
+        workers = after[grid]
+        item: dict = {
+            "grid": grid,
+            "change": "new",
+            "households": float(grid_households.get(grid, 0.0)),
+            "workers": workers,
+            "needs_worker": not workers,
+            "proposed_worker": None,
+            "proposed_worker_load": None,
+        }
+        if not workers:
+            nearby = {w for n in neighbours.get(grid, ()) for w in after.get(n, ())}
+            if nearby:
+                best = min(nearby, key=lambda w: (load.get(w, 0.0), w))
+                item["proposed_worker"] = best
+                item["proposed_worker_load"] = load.get(best, 0.0)
+        changes.append(item)
+    return changes, after

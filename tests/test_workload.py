@@ -11,13 +11,19 @@ import shapely
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gis.topology import check_grid_layer, count_parts_and_holes, polsby_popper
+from gis.topology import (
+    check_grid_layer,
+    check_household_band,
+    count_parts_and_holes,
+    polsby_popper,
+)
 from gis.workload import (
     WorkloadWeights,
     attribute_cases_to_buildings,
     decay_case_weights,
     estimate_patrol_km,
     measure_workload,
+    plan_staffing,
     summarise_communities,
     summarise_imbalance,
 )
@@ -120,4 +126,103 @@ def test_topology_problems_are_named():
         degrees=False,
     )
     kinds = {(p.get("grid"), p["problem"]) for p in bad}
-    assert kinds == {(None, "gap"), (None, "overlap"), ("c", "invalid"), ("d", "parent")}
+    assert kinds == {(None, "gap"), ("a", "overlap"), ("c", "invalid"), ("d", "parent")}
+    (overlap,) = [p for p in bad if p["problem"] == "overlap"]
+    assert overlap["grids"] == ["a", "b"] and "2,000.0 m²" in overlap["message"]
+    (gap,) = [p for p in bad if p["problem"] == "gap"]
+    assert gap["grids"] == ["b"]  # the strip x 190..200 lies beside b only
+
+
+def test_pieces_and_band_are_named_by_grid():
+    """a is two squares apart (not contiguous); b two squares meeting along an edge."""
+    community = shapely.box(0, 0, 400, 100)
+    a = shapely.union_all([shapely.box(0, 0, 100, 100), shapely.box(200, 0, 300, 100)])
+    b = shapely.union_all([shapely.box(100, 0, 200, 100), shapely.box(300, 0, 400, 100)])
+    b = shapely.MultiPolygon(list(shapely.get_parts(b)))
+    problems = check_grid_layer(
+        ["a", "b"], ["C", "C"], [a, b], ["C"], [community], degrees=False, one_piece=True
+    )
+    assert {(p["grid"], p["problem"]) for p in problems} == {("a", "parts"), ("b", "parts")}
+    # Pieces a millimetre apart (float noise of a conversion) count as one.
+    joined = shapely.MultiPolygon(
+        [shapely.box(100, 0, 200, 100), shapely.box(200.001, 0, 300, 100)]
+    )
+    assert (
+        check_grid_layer(
+            ["j"],
+            ["C"],
+            [joined],
+            ["C"],
+            [shapely.box(100, 0, 300, 100)],
+            degrees=False,
+            one_piece=True,
+        )
+        == []
+    )
+    assert check_grid_layer(["a"], ["C"], [a], ["C"], [a], degrees=False, one_piece={"x"}) == []
+    band = check_household_band(["g1", "g2", "g3"], [299, 300, 501], 300, 500)
+    assert [(p["grid"], p["households"]) for p in band] == [("g1", 299), ("g3", 501)]
+    assert "below the band 300–500" in band[0]["message"]
+
+
+def test_staffing_on_split():
+    """g1 (worker w1, 600 households) splits: g3 takes 250 of them. g3 touches g1 and g2;
+    w2 holds g2 (300) and also g9 elsewhere (200), so w1 (350 after) is the lighter."""
+    changes, after = plan_staffing(
+        ["g1", "g2"],
+        ["g1", "g2", "g3"],
+        {"g1": ["w1"], "g2": ["w2"], "g9": ["w2"]},
+        {("g1", "g1"): 350, ("g1", "g3"): 250, ("g2", "g2"): 300},
+        {"g3": {"g1", "g2"}, "g1": {"g3"}, "g2": {"g3"}},
+        {"g1": 350, "g2": 300, "g3": 250, "g9": 200},
+    )
+    assert changes == [
+        {
+            "grid": "g3",
+            "change": "new",
+            "households": 250.0,
+            "workers": [],
+            "needs_worker": True,
+            "proposed_worker": "w1",
+            "proposed_worker_load": 350.0,
+        }
+    ]
+    assert after == {"g1": ["w1"], "g2": ["w2"], "g3": []}
+
+
+def test_staffing_on_merge_and_redraw():
+    """g2 merges into g1 (g1 keeps w1, w2 is released). In a redraw g4 and g5 are
+    retired for new n1 and n2: w4 follows g4's buildings to n1, and n2, taking g5's
+    (whose worker left) with nobody beside it staffed but n1, is proposed to w4."""
+    changes, after = plan_staffing(
+        ["g1", "g2"],
+        ["g1"],
+        {"g1": ["w1"], "g2": ["w2"]},
+        {("g1", "g1"): 300, ("g2", "g1"): 200},
+        {"g1": set()},
+        {"g1": 500},
+    )
+    assert changes == [
+        {
+            "grid": "g2",
+            "change": "retired",
+            "successor": "g1",
+            "workers": ["w2"],
+            "workers_go_to": None,
+            "workers_released": ["w2"],
+        }
+    ]
+    assert after == {"g1": ["w1"], "g2": []}
+    changes, after = plan_staffing(
+        ["g4", "g5"],
+        ["n1", "n2"],
+        {"g4": ["w4"]},
+        {("g4", "n1"): 300, ("g4", "n2"): 100, ("g5", "n2"): 250},
+        {"n1": {"n2"}, "n2": {"n1"}},
+        {"n1": 300, "n2": 350},
+    )
+    by_grid = {c["grid"]: c for c in changes}
+    assert by_grid["g4"]["workers_go_to"] == "n1"
+    assert by_grid["g5"]["successor"] == "n2" and by_grid["g5"]["workers_released"] == []
+    assert by_grid["n2"]["needs_worker"] and by_grid["n2"]["proposed_worker"] == "w4"
+    assert after["n1"] == ["w4"] and after["n2"] == []
