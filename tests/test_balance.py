@@ -93,6 +93,25 @@ def test_band_with_minimal_moves():
     assert tallies(inst, result) == {grid_code("A"): 8, grid_code("B"): 4}
 
 
+def test_a_moved_building_costs_a_typical_building():
+    """Band 6–40; B holds 4 and needs 2 more. Households below the picture.
+
+        A A A B        9 1 1 2
+        A A A B        9 9 4 2
+            ^ ^
+    Households first (1 per building on top of its households) moves the two small
+    buildings r0c1, r0c2 (2 households); the default cost per building, the mean
+    households per building (37 / 8, rounded to 5), hands over one building, r1c2
+    (4 households): 4 + 5 < 2 + 2·5.
+    """
+    inst = draw("AAAB\nAAAB", "9112\n9942", anchors={"A": "r1c0", "B": "r0c3"})
+    default = balance.BalanceParams(low=6, high=40, **BAND_ONLY)
+    assert balance.building_move_cost(inst, default) == 5.0
+    assert moved(inst, balance.propose_for_community(inst, default)) == ["r1c2"]
+    per_household = balance.BalanceParams(low=6, high=40, building_move_cost=1.0, **BAND_ONLY)
+    assert moved(inst, balance.propose_for_community(inst, per_household)) == ["r0c1", "r0c2"]
+
+
 def test_contiguity_binds():
     """Households below the picture; band 4–6; anchors A at r1c0, B at r0c0.
 
@@ -276,7 +295,7 @@ def lattice_communities(draw_):
 
 
 @settings(
-    max_examples=12,
+    max_examples=25,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
     derandomize=True,
@@ -310,6 +329,20 @@ def test_any_plan_keeps_buildings_grids_and_tiling(case):
     )
     assert problems == []
     assert all(shapely.get_num_geometries(polygons[c]) == 1 for c in used)
+    # The polygons hold their own buildings: each building's point lies in its grid.
+    points = shapely.points(inst.xy_m)
+    for code in used:
+        mine = result.assignment == code
+        assert shapely.covers(polygons[code], points[mine]).all()
+    # A plan without reasons has every grid in band; one with reasons names the band.
+    tally = {c: int(inst.households[result.assignment == c].sum()) for c in used}
+    if not result.reasons:
+        assert all(low <= v <= high for v in tally.values())
+    else:
+        assert result.status == "infeasible"
+    # Moves are counted against the original grids.
+    original = np.asarray(inst.grid_codes, dtype=object)[inst.assignment]
+    assert result.moved_buildings == int((result.assignment != original).sum())
 
 
 @pytest.mark.parametrize("module", ["gis.balance", "gis.workload", "gis.topology"])
