@@ -580,13 +580,13 @@ def balance(
     try:
         with sessions() as s, s.begin():
             plan_id = plans_repo.propose_plan(
-                s, parent=parent, params=params, processes=processes, actor="cli"
+                s, actor=CLI_PLANNER, parent=parent, params=params, processes=processes
             )
         with sessions() as s:
             plan = plans_repo.get_plan(s, plan_id)
         if apply:
             with sessions() as s, s.begin():
-                applied = plans_repo.apply_plan(s, plan_id)
+                applied = plans_repo.apply_plan(s, plan_id, actor=CLI_PLANNER)
             console.print(f"applied as generation {applied['generation']}")
     except WanggeError as exc:
         _fail(exc)
@@ -612,6 +612,156 @@ def balance(
         f"{totals['moved_households']} households move; "
         f"{time.perf_counter() - started:.1f} s"
     )
+
+
+# The command line acts for the person at the shell: a planner without a scope.
+CLI_PLANNER = Actor("planner", "cli")
+
+plan_app = typer.Typer(help="Rebalancing plans: list, show, handovers, upload a redraw, apply.")
+app.add_typer(plan_app, name="plan")
+
+
+@plan_app.command("list")
+def plan_list() -> None:
+    """List plans with their kind and status."""
+    from gis.db import plans_repo
+
+    sessions = _sessions(_settings())
+    table = Table("id", "name", "kind", "status")
+    with sessions() as s:
+        for p in plans_repo.list_plans(s):
+            table.add_row(str(p["id"]), p["name"], p["kind"], p["status"])
+    console.print(table)
+
+
+@plan_app.command("show")
+def plan_show(plan_id: Annotated[int, typer.Argument(help="the plan's id")]) -> None:
+    """Print one plan (parameters, per-community answers, metrics) as JSON."""
+    from gis.db import plans_repo
+
+    sessions = _sessions(_settings())
+    try:
+        with sessions() as s:
+            console.print_json(json.dumps(plans_repo.get_plan(s, plan_id), ensure_ascii=False))
+    except WanggeError as exc:
+        _fail(exc)
+
+
+@plan_app.command("handover")
+def plan_handover(plan_id: Annotated[int, typer.Argument(help="the plan's id")]) -> None:
+    """What changes hands between workers, and what happens to workers of new and
+    retired grids."""
+    from gis.db import plans_repo
+
+    sessions = _sessions(_settings())
+    try:
+        with sessions() as s:
+            doc = plans_repo.handover_lists(s, plan_id)
+    except WanggeError as exc:
+        _fail(exc)
+    table = Table("from grid", "worker", "to grid", "worker", "bldgs", "hh", "open cases")
+    for h in doc["handovers"]:
+        table.add_row(
+            h["from_grid"],
+            (h["from_worker"] or {}).get("name", "-"),
+            h["to_grid"],
+            (h["to_worker"] or {}).get("name", "needs a worker"),
+            str(len(h["buildings"])),
+            str(h["households"]),
+            str(len(h["open_cases"])),
+        )
+    console.print(table)
+    for ch in doc["grid_changes"]:
+        if ch["change"] == "retired":
+            fate = (
+                f"workers go to {ch['workers_go_to']}"
+                if ch["workers_go_to"]
+                else "workers released: "
+                + (", ".join(w["name"] for w in ch["workers_released"]) or "none")
+            )
+            console.print(f"retired grid {ch['grid']} → {ch['successor']}: {fate}")
+        elif ch["needs_worker"]:
+            proposal = ch["proposed_worker"]
+            console.print(
+                f"new grid {ch['grid']} needs a worker; proposed: "
+                + (f"{proposal['name']} ({proposal['code']})" if proposal else "none nearby")
+            )
+        else:
+            console.print(f"new grid {ch['grid']}: {', '.join(w['name'] for w in ch['workers'])}")
+
+
+@plan_app.command("upload")
+def plan_upload(
+    file: Annotated[Path, typer.Argument(help="grid layer edited in QGIS: GeoJSON or GeoPackage")],
+    crs: Annotated[
+        str | None, typer.Option(help="the file's coordinates if not as declared (gcj02, ...)")
+    ] = None,
+    name: Annotated[str | None, typer.Option(help="plan and staged generation name")] = None,
+    low: Annotated[int, typer.Option(help="household band, lower end")] = 300,
+    high: Annotated[int, typer.Option(help="household band, upper end")] = 500,
+    allow_out_of_band: Annotated[
+        bool, typer.Option(help="stage it even if a grid is outside the band")
+    ] = False,
+) -> None:
+    """Validate a redrawn grid layer and stage it as a generation and a plan."""
+    from gis.balance import BalanceParams
+    from gis.db import plans_repo
+
+    sessions = _sessions(_settings())
+    try:
+        grids = plans_repo.read_grid_layer(file, crs)
+        with sessions() as s, s.begin():
+            plan_id = plans_repo.upload_plan(
+                s,
+                grids,
+                actor=CLI_PLANNER,
+                name=name,
+                params=BalanceParams(low=low, high=high),
+                allow_out_of_band=allow_out_of_band,
+            )
+        with sessions() as s:
+            plan = plans_repo.get_plan(s, plan_id)
+    except WanggeError as exc:
+        for p in exc.detail.get("problems", [])[:50]:
+            err.print(f"  {file}: {p['message']}")
+        _fail(exc)
+    totals = plan["metrics_after"]["totals"]
+    console.print(
+        f"plan {plan_id} staged as generation {plan['parameters']['generation']}: "
+        f"{totals['moved_buildings']} buildings and {totals['moved_households']} households "
+        f"change grid; see `wangge plan handover {plan_id}`, then `wangge plan apply {plan_id}`"
+    )
+
+
+@plan_app.command("apply")
+def plan_apply(
+    plan_id: Annotated[int, typer.Argument(help="the plan's id")],
+    assign_new_grids: Annotated[
+        bool, typer.Option(help="give each new grid needing a worker the proposed one")
+    ] = False,
+) -> None:
+    """Switch a plan on: new generation, buildings, workers and open cases, all or nothing."""
+    from gis.db import plans_repo
+
+    sessions = _sessions(_settings())
+    try:
+        with sessions() as s, s.begin():
+            result = plans_repo.apply_plan(
+                s, plan_id, actor=CLI_PLANNER, assign_new_grids=assign_new_grids
+            )
+    except WanggeError as exc:
+        for p in exc.detail.get("problems", [])[:50]:
+            err.print(f"  plan {plan_id}: {p['message']}")
+        _fail(exc)
+    console.print(
+        f"plan {plan_id} applied as generation {result['generation']}: "
+        f"{result['buildings_moved']} buildings moved, {result['cases_rerouted']} open cases "
+        f"re-routed"
+    )
+    for g in result["grids_needing_worker"]:
+        console.print(f"  grid {g['grid']} needs a worker (proposed: {g['proposed_worker']})")
+    for w in result["workers_released"]:
+        console.print(f"  worker {w['worker']} released from retired grid {w['grid']}")
 
 
 @app.command("map")

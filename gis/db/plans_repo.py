@@ -22,8 +22,8 @@ from sqlalchemy.orm import Session
 
 from gis import balance
 from gis.assign import assign_points
-from gis.cases import OPEN_STATUSES
-from gis.db import repo
+from gis.cases import OPEN_STATUSES, Actor
+from gis.db import audit_repo, repo
 from gis.db.models import (
     Area,
     Building,
@@ -34,18 +34,34 @@ from gis.db.models import (
     Worker,
     WorkerGrid,
 )
-from gis.errors import Conflict, InfeasiblePlan, InvalidGeometry, InvalidInput, NotFound
-from gis.topology import check_grid_layer, polygons_to_degrees, to_local_m
+from gis.errors import (
+    Conflict,
+    Forbidden,
+    InfeasiblePlan,
+    InvalidGeometry,
+    InvalidInput,
+    NotFound,
+)
+from gis.topology import (
+    check_grid_layer,
+    check_household_band,
+    count_parts_and_holes,
+    polygons_to_degrees,
+    to_local_m,
+)
 from gis.workload import (
     WorkloadWeights,
     attribute_cases_to_buildings,
     decay_case_weights,
     measure_workload,
+    plan_staffing,
     score_buildings,
     summarise_communities,
 )
 
 HISTORY_DAYS = 365
+#: Roles that may propose, upload and apply plans.
+PLANNER_ROLES = ("planner", "admin")
 DEFAULT_WEIGHTS = WorkloadWeights()
 DEFAULT_PARAMS = balance.BalanceParams()
 # Their own MetaData: these tables come from migration 0004, not from the models module.
@@ -223,6 +239,54 @@ def _communities_under(session: Session, gen: Generation, parent: str | None) ->
     return sorted(out)
 
 
+# ------------------------------------------------------------ who may plan where
+
+
+def require_planner(actor: Actor) -> None:
+    """Planners and admins plan; everyone else is refused."""
+    if actor.role not in PLANNER_ROLES:
+        raise Forbidden(f"only a planner may do this (you are {actor.role})", role=actor.role)
+
+
+def outside_scope(session: Session, generation_id: int, codes, scope: str) -> list[str]:
+    """The codes that are not `scope` and do not lie under it.
+
+    Walks parent_code upwards in the generation's areas table, so any code scheme works
+    (codes need not start with their parent's code).
+    """
+    up = dict(
+        session.execute(
+            sa.select(Area.code, Area.parent_code).where(Area.generation_id == generation_id)
+        ).all()
+    )
+    outside = []
+    for code in codes:
+        c: str | None = code
+        seen: set[str] = set()
+        while c is not None and c != scope and c not in seen:
+            seen.add(c)
+            c = up.get(c)
+        if c != scope:
+            outside.append(code)
+    return sorted(outside)
+
+
+def authorise(session: Session, actor: Actor, generation_id: int, communities, what: str) -> None:
+    """Refuse unless `actor` is a planner whose scope (if any) holds every community."""
+    require_planner(actor)
+    if actor.scope is None:
+        return
+    outside = outside_scope(session, generation_id, communities, actor.scope)
+    if outside:
+        raise Forbidden(
+            f"{actor.label} may plan only within area {actor.scope}, but {what} touches "
+            f"{len(outside)} communit{'y' if len(outside) == 1 else 'ies'} outside it: "
+            + ", ".join(outside[:5]),
+            scope=actor.scope,
+            outside=outside[:20],
+        )
+
+
 def load_communities(
     session: Session,
     *,
@@ -258,7 +322,7 @@ def save_plan(
     params: dict[str, Any],
     kind: str = "balance",
     name: str | None = None,
-    actor: str | None = None,
+    actor: Actor | None = None,
     polygons: dict[str, Any] | None = None,
     bparams: balance.BalanceParams = DEFAULT_PARAMS,
 ) -> int:
@@ -315,7 +379,7 @@ def save_plan(
             metrics_before=_jsonable(_metrics_doc(before)),
             metrics_after=_jsonable(_metrics_doc(after)),
             communities=_jsonable([r.summary() for r in results]),
-            created_by=actor,
+            created_by=actor.label if actor else None,
             created_at=_now(),
         )
     )
@@ -377,18 +441,26 @@ def _metrics_doc(per_community: list[dict]) -> dict:
 def propose_plan(
     session: Session,
     *,
+    actor: Actor,
     parent: str | None = None,
     params: balance.BalanceParams = DEFAULT_PARAMS,
     weights: WorkloadWeights = DEFAULT_WEIGHTS,
     processes: int = 2,
     name: str | None = None,
-    actor: str | None = None,
-    lock_codes: list[str] | None = None,
 ) -> int:
-    """Solve the active generation's communities (under `parent`) and store the plan."""
+    """Solve the active generation's communities (under `parent`) and store the plan.
+
+    A planner with a scope balances inside it: `parent` defaults to the scope and must
+    lie within it. The plan and its audit row are written in the caller's transaction.
+    """
+    require_planner(actor)
+    gen = repo.require_active_generation(session)
+    if actor.scope is not None:
+        parent = parent or actor.scope
+        authorise(session, actor, gen.id, [parent], f"area {parent}")
     instances, origin, gen = load_communities(session, parent=parent, weights=weights)
     results = balance.propose_rebalance(instances, params, processes=processes)
-    return save_plan(
+    plan_id = save_plan(
         session,
         instances=instances,
         results=results,
@@ -399,6 +471,29 @@ def propose_plan(
         actor=actor,
         bparams=params,
     )
+    plan = get_plan(session, plan_id)
+    audit_repo.record(
+        session,
+        actor,
+        "plan.propose",
+        "plan",
+        plan_id,
+        {
+            "name": plan["name"],
+            "parent": parent,
+            "base_generation": gen.name,
+            "statuses": _status_counts(plan["communities"]),
+            **plan["metrics_after"]["totals"],
+        },
+    )
+    return plan_id
+
+
+def _status_counts(communities: list[dict]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for c in communities:
+        counts[c["status"]] = counts.get(c["status"], 0) + 1
+    return counts
 
 
 def _plan_row(session: Session, plan_id: int | str):
@@ -491,23 +586,120 @@ def compare_plans(session: Session, plan_id: int | str, other: str = "active") -
     }
 
 
-def handover_lists(session: Session, plan_id: int | str) -> list[dict[str, Any]]:
-    """Per pair of workers: buildings, households and open cases that change hands."""
+def _grid_owners(session: Session) -> dict[str, list[str]]:
+    """Grid code → codes of the active grid workers holding it."""
+    rows = session.execute(
+        sa.select(WorkerGrid.grid_code, Worker.code)
+        .join(Worker, Worker.id == WorkerGrid.worker_id)
+        .where(Worker.role == "grid_worker", Worker.active.is_(True))
+        .order_by(Worker.code)
+    ).all()
+    owners: dict[str, list[str]] = {}
+    for grid, worker in rows:
+        owners.setdefault(grid, []).append(worker)
+    return owners
+
+
+def _touching(grids: gpd.GeoDataFrame) -> dict[str, set[str]]:
+    """Grid code → the grids of the same community it shares an edge with (a lone
+    corner is not enough)."""
+    out: dict[str, set[str]] = {c: set() for c in grids["code"]}
+    if len(grids) < 2:
+        return out
+    lon0, lat0 = shapely.centroid(shapely.box(*grids.total_bounds)).coords[0]
+    geoms = to_local_m(grids.geometry.values, lon0, lat0)
+    codes = grids["code"].tolist()
+    parents = grids["parent_code"].tolist()
+    left, right = shapely.STRtree(geoms).query(geoms, predicate="intersects")
+    for a, b in zip(left, right, strict=True):
+        if a >= b or parents[a] != parents[b]:
+            continue
+        shared = shapely.intersection(shapely.boundary(geoms[a]), shapely.boundary(geoms[b]))
+        if shapely.length(shared) > 0.5:
+            out[codes[a]].add(codes[b])
+            out[codes[b]].add(codes[a])
+    return out
+
+
+def staffing(session: Session, plan_id: int | str) -> dict[str, Any]:
+    """What a plan does to grid workers: retired grids' workers go with their buildings
+    or are released; new grids inherit a worker or need one (with a proposal).
+
+    See gis.workload.plan_staffing for the rules. Returns the changes, the owners of
+    every grid the plan draws before and after, and worker names.
+    """
+    plan = _plan_row(session, plan_id)
+    grids = plan_grids_gdf(session, plan.id)
+    communities = sorted(set(grids["parent_code"]))
+    old = (
+        list(
+            session.scalars(
+                sa.select(Area.code).where(
+                    Area.generation_id == plan.base_generation_id,
+                    Area.level == "grid",
+                    Area.parent_code.in_(communities),
+                )
+            )
+        )
+        if communities
+        else []
+    )
+    t = assignments_table
+    flows = {
+        (f, g): float(h or 0)
+        for f, g, h in session.execute(
+            sa.select(t.c.from_grid_code, t.c.grid_code, sa.func.sum(t.c.households))
+            .where(t.c.plan_id == plan.id)
+            .group_by(t.c.from_grid_code, t.c.grid_code)
+        )
+    }
+    bt = Building.__table__
+    households = {
+        g: float(h or 0)
+        for g, h in session.execute(
+            sa.select(bt.c.grid_code, sa.func.sum(bt.c.households)).group_by(bt.c.grid_code)
+        )
+        if g is not None
+    }
+    after_hh: dict[str, float] = {}
+    for (_f, g), h in flows.items():
+        after_hh[g] = after_hh.get(g, 0.0) + h
+    households.update({g: after_hh.get(g, 0.0) for g in grids["code"]})
+    owners = _grid_owners(session)
+    changes, after = plan_staffing(
+        old, list(grids["code"]), owners, flows, _touching(grids), households
+    )
+    names = dict(session.execute(sa.select(Worker.code, Worker.name)).all())
+    return {
+        "changes": changes,
+        "before": {g: owners.get(g, []) for g in sorted(set(old) | set(grids["code"]))},
+        "after": after,
+        "names": names,
+    }
+
+
+def _worker(code: str | None, names: dict[str, str]) -> dict[str, str] | None:
+    return None if code is None else {"code": code, "name": names.get(code, code)}
+
+
+def handover_lists(session: Session, plan_id: int | str) -> dict[str, Any]:
+    """What changes hands if the plan is applied.
+
+    `handovers`: per pair of grids, the buildings, households and open cases that move,
+    from which worker to which (the worker after the apply: a new grid's inherited
+    worker, or none when it still needs one). `grid_changes`: grids the plan retires
+    or adds, with what happens to their workers (see `staffing`).
+    """
     plan_id = int(_plan_row(session, plan_id).id)
     t = assignments_table
     moves = session.execute(
-        sa.select(t.c.building_code, t.c.from_grid_code, t.c.grid_code, t.c.households).where(
-            t.c.plan_id == plan_id, t.c.from_grid_code != t.c.grid_code
-        )
+        sa.select(t.c.building_code, t.c.from_grid_code, t.c.grid_code, t.c.households)
+        .where(t.c.plan_id == plan_id, t.c.from_grid_code != t.c.grid_code)
+        .order_by(t.c.building_code)
     ).all()
-    owner = {}
-    for grid_code, code, name in session.execute(
-        sa.select(WorkerGrid.grid_code, Worker.code, Worker.name)
-        .join(Worker, Worker.id == WorkerGrid.worker_id)
-        .where(Worker.role == "grid_worker")
-        .order_by(Worker.code)
-    ):
-        owner.setdefault(grid_code, {"code": code, "name": name})
+    staff = staffing(session, plan_id)
+    names = staff["names"]
+    before, after = staff["before"], staff["after"]
     grids = plan_grids_gdf(session, plan_id)
     # Open cases change hands when their point falls in a moved building's new grid.
     open_cases = (
@@ -531,79 +723,302 @@ def handover_lists(session: Session, plan_id: int | str) -> list[dict[str, Any]]
         if open_cases
         else []
     )
+
+    def item(from_g: str, to_g: str) -> dict[str, Any]:
+        first_before = (before.get(from_g) or [None])[0]
+        first_after = (after.get(to_g, before.get(to_g)) or [None])[0]
+        return {
+            "from_grid": from_g,
+            "to_grid": to_g,
+            "from_worker": _worker(first_before, names),
+            "to_worker": _worker(first_after, names),
+            "to_grid_needs_worker": first_after is None,
+            "buildings": [],
+            "households": 0,
+            "open_cases": [],
+        }
+
     lists: dict[tuple[str, str], dict[str, Any]] = {}
     for code, from_g, to_g, hh in moves:
-        key = (from_g, to_g)
-        item = lists.setdefault(key, _handover_item(from_g, to_g, owner))
-        item["buildings"].append(code)
-        item["households"] += int(hh or 0)
+        entry = lists.setdefault((from_g, to_g), item(from_g, to_g))
+        entry["buildings"].append(code)
+        entry["households"] += int(hh or 0)
     for (code, from_g, _x, _y), to_g in zip(open_cases, new_grid, strict=True):
         if to_g is not None and to_g != from_g:
-            lists.setdefault((from_g, to_g), _handover_item(from_g, to_g, owner))[
-                "open_cases"
-            ].append(code)
-    return [lists[k] for k in sorted(lists, key=lambda k: (str(k[0]), str(k[1])))]
-
-
-def _handover_item(from_g, to_g, owner) -> dict[str, Any]:
+            lists.setdefault((from_g, to_g), item(from_g, to_g))["open_cases"].append(code)
+    changes = []
+    for ch in staff["changes"]:
+        out = dict(ch)
+        out["workers"] = [_worker(w, names) for w in ch["workers"]]
+        if ch["change"] == "retired":
+            out["workers_released"] = [_worker(w, names) for w in ch["workers_released"]]
+        else:
+            out["proposed_worker"] = _worker(ch["proposed_worker"], names)
+        changes.append(out)
     return {
-        "from_grid": from_g,
-        "to_grid": to_g,
-        "from_worker": owner.get(from_g),
-        "to_worker": owner.get(to_g),
-        "buildings": [],
-        "households": 0,
-        "open_cases": [],
+        "plan": plan_id,
+        "handovers": [lists[k] for k in sorted(lists, key=lambda k: (str(k[0]), str(k[1])))],
+        "grid_changes": changes,
     }
 
 
 # ------------------------------------------------------------------------- upload
 
 
+def read_grid_layer(path, crs: str | None = None) -> gpd.GeoDataFrame:
+    """A grid layer file (GeoJSON, GeoPackage, anything GDAL reads) in EPSG:4326.
+
+    `crs` names the file's coordinates when they are not what the file declares
+    (wgs84, cgcs2000, gcj02, bd09, EPSG:<code>); otherwise a declared projected CRS is
+    converted and an undeclared one is taken as WGS84 lon/lat.
+    """
+    from pathlib import Path
+
+    from gis.crs import InputCRS, geometries_to_storage, parse_crs
+
+    try:
+        if Path(path).suffix.lower() == ".gpkg":
+            gdf = _read_geopackage(path)
+        else:
+            gdf = gpd.read_file(path)
+    except InvalidInput:
+        raise
+    except Exception as exc:  # pyogrio and sqlite raise their own errors
+        raise InvalidInput(f"cannot read the grid layer {path}: {exc}", field="file") from None
+    gdf = gdf.rename(columns=lambda c: c if c == "geometry" else str(c).strip().lower())
+    if crs:
+        source = parse_crs(crs)
+        geoms = geometries_to_storage(gdf.geometry.values, source)
+        return gpd.GeoDataFrame(gdf.drop(columns="geometry"), geometry=geoms, crs=4326)
+    if gdf.crs is None or gdf.crs.to_epsg() in (4326, 4490):
+        return gdf.set_crs(4326, allow_override=True)
+    epsg = gdf.crs.to_epsg()
+    if epsg is None:
+        return gdf.to_crs(4326)
+    geoms = geometries_to_storage(gdf.geometry.values, InputCRS("epsg", epsg))
+    return gpd.GeoDataFrame(gdf.drop(columns="geometry"), geometry=geoms, crs=4326)
+
+
+def _read_geopackage(path) -> gpd.GeoDataFrame:
+    """The first feature table of a GeoPackage, read with sqlite3 rather than GDAL.
+
+    GDAL's own SQLite and the SpatiaLite extension loaded by the embedded store crash
+    each other in one process (seen here: a segfault on the first GeoPackage read), so
+    the GeoPackage is read as the SQLite file it is: each geometry is a small GPKG
+    header followed by standard WKB.
+    """
+    import sqlite3
+
+    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as con:
+        found = con.execute(
+            "SELECT g.table_name, g.column_name, g.srs_id FROM gpkg_geometry_columns g "
+            "JOIN gpkg_contents c ON c.table_name = g.table_name "
+            "WHERE c.data_type = 'features' ORDER BY g.table_name LIMIT 1"
+        ).fetchone()
+        if found is None:
+            raise InvalidInput("the GeoPackage has no feature table", field="file")
+        table, column, srs_id = found
+        org = con.execute(
+            "SELECT organization, organization_coordsys_id FROM gpkg_spatial_ref_sys "
+            "WHERE srs_id = ?",
+            (srs_id,),
+        ).fetchone()
+        quoted = '"' + str(table).replace('"', '""') + '"'
+        cursor = con.execute(f"SELECT * FROM {quoted}")  # the name comes from the file's catalogue
+        columns = [d[0] for d in cursor.description]
+        rows = cursor.fetchall()
+    at = columns.index(column)
+    geoms = [_gpkg_geometry(r[at]) for r in rows]
+    attrs = pd.DataFrame(
+        [r[:at] + r[at + 1 :] for r in rows], columns=columns[:at] + columns[at + 1 :]
+    )
+    crs = int(org[1]) if org and str(org[0]).upper() == "EPSG" and int(org[1]) > 0 else None
+    return gpd.GeoDataFrame(attrs.drop(columns=["fid"], errors="ignore"), geometry=geoms, crs=crs)
+
+
+def _gpkg_geometry(blob: bytes | None):
+    """Shapely geometry from a GeoPackage geometry blob (header, envelope, WKB)."""
+    if blob is None:
+        return None
+    blob = bytes(blob)
+    if blob[:2] != b"GP":
+        raise InvalidInput("a GeoPackage geometry lacks its GP header", field="geometry")
+    flags = blob[3]
+    envelope = {0: 0, 1: 32, 2: 48, 3: 48, 4: 64}.get((flags >> 1) & 0b111)
+    if envelope is None:
+        raise InvalidInput("a GeoPackage geometry has an unknown envelope", field="geometry")
+    return shapely.from_wkb(blob[8 + envelope :])
+
+
+def _check_layer_attributes(grids_gdf: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
+    """code, parent_code (and name, level if present) checked; problems name the feature."""
+    for col in ("code", "parent_code"):
+        if col not in grids_gdf:
+            raise InvalidInput(
+                f"the grid layer needs a {col!r} column (found: "
+                f"{', '.join(c for c in grids_gdf.columns if c != 'geometry')})",
+                field=col,
+            )
+    problems = []
+    seen: dict[str, int] = {}
+    limit = Area.__table__.c.code.type.length
+    out = grids_gdf.reset_index(drop=True).copy()
+    for col in ("code", "parent_code"):  # a code written as a number in the file
+        out[col] = out[col].map(lambda v: str(v) if isinstance(v, int | np.integer) else v)
+    for n, row in enumerate(out.drop(columns="geometry").to_dict("records"), start=1):
+        code, parent = row["code"], row["parent_code"]
+        level = row.get("level")
+        level = level.strip() if isinstance(level, str) else None
+        for fld, value in (("code", code), ("parent_code", parent)):
+            if not isinstance(value, str) or not value.strip():
+                problems.append(
+                    {
+                        "feature": n,
+                        "field": fld,
+                        "problem": "missing",
+                        "message": f"feature {n}: missing {fld}",
+                    }
+                )
+        if isinstance(code, str) and len(code.strip()) > limit:
+            problems.append(
+                {
+                    "feature": n,
+                    "field": "code",
+                    "problem": "too long",
+                    "message": f"feature {n}: code {code} is longer than {limit} characters",
+                }
+            )
+        if level not in (None, "", "grid", "网格"):
+            problems.append(
+                {
+                    "feature": n,
+                    "field": "level",
+                    "problem": "not a grid",
+                    "message": f"feature {n}: level {level!r}; a redraw uploads grids only",
+                }
+            )
+        if isinstance(code, str) and code.strip():
+            if code.strip() in seen:
+                problems.append(
+                    {
+                        "feature": n,
+                        "grid": code,
+                        "field": "code",
+                        "problem": "duplicate",
+                        "message": f"feature {n}: grid {code} appears twice (also feature "
+                        f"{seen[code.strip()]})",
+                    }
+                )
+            seen.setdefault(code.strip(), n)
+    if problems:
+        raise InvalidInput(
+            f"the grid layer has {len(problems)} attribute problem(s): "
+            + "; ".join(p["message"] for p in problems[:5]),
+            problems=problems,
+        )
+    out["code"] = out["code"].str.strip()
+    out["parent_code"] = out["parent_code"].str.strip()
+    return out
+
+
 def upload_plan(
     session: Session,
     grids_gdf: gpd.GeoDataFrame,
     *,
+    actor: Actor,
     name: str | None = None,
-    actor: str | None = None,
     params: balance.BalanceParams = DEFAULT_PARAMS,
+    allow_out_of_band: bool = False,
 ) -> int:
-    """Stage a planner's redrawn grid layer (code, parent_code, geometry) as a plan.
+    """Stage a planner's redrawn grid layer (code, parent_code, geometry; name optional)
+    as a new boundary generation and a plan describing it.
 
-    Every community named in the layer is replaced whole; the same topology checks as
-    an apply run first, and buildings go to the grid covering their point.
+    Every community named in the layer is replaced whole. The layer must tile each of
+    those communities (valid polygons, each inside its community, no gaps, no
+    overlaps), every grid must be one contiguous polygon and hold a household count
+    within the band (unless `allow_out_of_band`); each problem names its grid. A valid
+    layer becomes a *staged* generation (the active one with these communities'
+    grids replaced) and a plan of kind 'upload' with the metrics, comparison and
+    handover lists of any plan; `apply` (or `wangge activate` followed by apply)
+    switches it on.
     """
+    require_planner(actor)
     gen = repo.require_active_generation(session)
-    for col in ("code", "parent_code"):
-        if col not in grids_gdf:
-            raise InvalidInput(f"the grid layer needs a {col!r} column", field=col)
+    grids_gdf = _check_layer_attributes(grids_gdf)
     codes = sorted(set(grids_gdf["parent_code"]))
     comms, _ = repo.areas_gdf(session, gen.id, level="community", codes=codes)
+    authorise(session, actor, gen.id, list(comms["code"]), "the uploaded layer")
     problems = check_grid_layer(
         grids_gdf["code"],
         grids_gdf["parent_code"],
         grids_gdf.geometry.values,
         comms["code"],
         comms.geometry.values,
+        one_piece=True,
     )
+    # A code may not belong to a grid of another community in the active map.
+    elsewhere = dict(
+        session.execute(
+            sa.select(Area.code, Area.parent_code).where(
+                Area.generation_id == gen.id,
+                Area.code.in_(list(grids_gdf["code"])),
+                Area.parent_code.not_in(codes),
+            )
+        ).all()
+    )
+    for code, parent in sorted(elsewhere.items()):
+        problems.append(
+            {
+                "grid": code,
+                "problem": "code taken",
+                "message": f"grid code {code} belongs to {parent}, outside the uploaded "
+                "communities",
+            }
+        )
+    unreadable = [p for p in problems if p["problem"] in ("empty", "type", "invalid")]
+    if unreadable:
+        raise InvalidGeometry(
+            f"the grid layer has {len(unreadable)} unusable geometr"
+            f"{'y' if len(unreadable) == 1 else 'ies'}: "
+            + "; ".join(p["message"] for p in unreadable[:5]),
+            problems=problems,
+        )
+    known = set(comms["code"])
+    b = buildings_for_balance(session, gen, community_codes=[c for c in codes if c in known])
+    new_codes = (
+        assign_points(b.geometry.values, grids_gdf.geometry.values, grids_gdf["code"].to_numpy())
+        if len(b)
+        else np.array([], dtype=object)
+    )
+    lost = [c for c, g in zip(b["code"], new_codes, strict=True) if g is None]
+    if lost:
+        problems.append(
+            {
+                "problem": "buildings",
+                "buildings": lost[:20],
+                "message": f"{len(lost)} building(s) fall in no uploaded grid: "
+                + ", ".join(lost[:5]),
+            }
+        )
+    if not allow_out_of_band:
+        hh = pd.Series(b["households"].to_numpy(), index=new_codes).groupby(level=0).sum()
+        problems.extend(
+            check_household_band(
+                grids_gdf["code"],
+                [int(hh.get(c, 0)) for c in grids_gdf["code"]],
+                params.low,
+                params.high,
+            )
+        )
     if problems:
         raise InvalidGeometry(
-            f"the grid layer has {len(problems)} topology problem(s): "
+            f"the grid layer has {len(problems)} problem(s): "
             + "; ".join(p["message"] for p in problems[:5]),
             problems=problems,
         )
     old_grids, _ = repo.areas_gdf(session, gen.id, level="grid")
     old_grids = old_grids[old_grids["parent_code"].isin(codes)]
-    b = buildings_for_balance(session, gen, community_codes=codes)
     instances, origin = balance.build_communities(comms, old_grids, b)
-    new_codes = assign_points(
-        b.geometry.values, grids_gdf.geometry.values, grids_gdf["code"].to_numpy()
-    )
-    if any(c is None for c in new_codes):
-        missing = b["code"][[c is None for c in new_codes]].tolist()
-        raise InvalidInput(
-            f"{len(missing)} building(s) fall in no uploaded grid", buildings=missing[:20]
-        )
     by_code = dict(zip(b["code"], new_codes, strict=True))
     lon0, lat0 = origin
     local = dict(
@@ -627,76 +1042,181 @@ def upload_plan(
                 int(inst.households[moved].sum()),
             )
         )
-    return save_plan(
+    name = name or f"upload-{_now():%Y%m%d-%H%M%S-%f}"
+    staged = repo.create_generation(session, name, note=f"redraw uploaded by {actor.label}")
+    repo.copy_areas(session, gen, staged, ["district", "street", "community"])
+    _copy_grids_except(session, gen, staged, codes)
+    names = dict(
+        session.execute(
+            sa.select(Area.code, Area.name).where(
+                Area.generation_id == gen.id, Area.level == "grid"
+            )
+        ).all()
+    )
+    given = grids_gdf["name"] if "name" in grids_gdf else pd.Series([None] * len(grids_gdf))
+    layer = gpd.GeoDataFrame(
+        {
+            "code": grids_gdf["code"],
+            "name": [
+                n if isinstance(n, str) and n.strip() else names.get(c, f"网格{c[-3:]}")
+                for c, n in zip(grids_gdf["code"], given, strict=True)
+            ],
+            "level": "grid",
+            "parent_code": grids_gdf["parent_code"],
+        },
+        geometry=grids_gdf.geometry.values,
+        crs=4326,
+    )
+    repo.write_areas(session, layer, staged)
+    plan_id = save_plan(
         session,
         instances=instances,
         results=results,
         origin=origin,
         base=gen,
-        params={"upload": True, "communities": codes},
+        params={
+            "upload": True,
+            "communities": codes,
+            "generation": staged.name,
+            "generation_id": staged.id,
+            "band": [params.low, params.high],
+            "allow_out_of_band": allow_out_of_band,
+        },
         kind="upload",
         name=name,
         actor=actor,
         polygons=local,
         bparams=params,
     )
+    audit_repo.record(
+        session,
+        actor,
+        "plan.upload",
+        "plan",
+        plan_id,
+        {
+            "name": name,
+            "generation": staged.name,
+            "communities": codes,
+            "grids": len(grids_gdf),
+            **get_plan(session, plan_id)["metrics_after"]["totals"],
+        },
+    )
+    return plan_id
+
+
+def _copy_grids_except(
+    session: Session, source: Generation, target: Generation, communities: list[str]
+) -> None:
+    """Copy the grids of every community but these from one generation to another."""
+    src = sa.select(
+        sa.literal(target.id), Area.level, Area.code, Area.name, Area.parent_code, Area.geom
+    ).where(
+        Area.generation_id == source.id,
+        Area.level == "grid",
+        Area.parent_code.not_in(communities),
+    )
+    session.execute(
+        sa.insert(Area).from_select(
+            ["generation_id", "level", "code", "name", "parent_code", "geom"], src
+        )
+    )
 
 
 # -------------------------------------------------------------------------- apply
 
 
-def validate_plan(session: Session, plan_id: int | str) -> list[dict]:
-    """Topology problems of the grid layer the plan would switch on (empty: valid)."""
+def validate_plan(session: Session, plan_id: int | str, generation: Generation | None = None):
+    """Topology problems of the grids the plan would switch on (empty: valid).
+
+    Checked on `generation` when given (the one written or staged for the plan), else
+    on the plan's derived polygons. Every grid must tile its community; a grid must be
+    one piece unless it was already in pieces in the base generation.
+    """
     plan = _plan_row(session, plan_id)
-    gen = session.get(Generation, plan.base_generation_id)
-    grids = plan_grids_gdf(session, plan.id)
-    comms, _ = repo.areas_gdf(
-        session, gen.id, level="community", codes=sorted(set(grids["parent_code"]))
+    communities = sorted(
+        session.scalars(
+            sa.select(plan_grids_table.c.community_code)
+            .where(plan_grids_table.c.plan_id == plan.id)
+            .distinct()
+        )
     )
+    if generation is None:
+        grids = plan_grids_gdf(session, plan.id)
+    else:
+        grids, _ = repo.areas_gdf(session, generation.id, level="grid")
+        grids = grids[grids["parent_code"].isin(communities)]
+    comms, _ = repo.areas_gdf(
+        session, plan.base_generation_id, level="community", codes=communities
+    )
+    base, _ = repo.areas_gdf(session, plan.base_generation_id, level="grid")
+    base = base[base["parent_code"].isin(communities)]
+    parts, _holes = count_parts_and_holes(base.geometry.values)
+    in_pieces = set(base["code"][parts > 1])
     return check_grid_layer(
         grids["code"],
         grids["parent_code"],
         grids.geometry.values,
         comms["code"],
         comms.geometry.values,
+        one_piece=set(grids["code"]) - in_pieces,
     )
 
 
-def apply_plan(session: Session, plan_id: int | str, *, generation_name: str | None = None) -> dict:
-    """Write the plan as a new generation, validate, switch it on, reassign buildings and
-    re-route open cases, all in the caller's transaction (raise = nothing happened)."""
+def apply_plan(
+    session: Session,
+    plan_id: int | str,
+    *,
+    actor: Actor,
+    generation_name: str | None = None,
+    assign_new_grids: bool = False,
+) -> dict:
+    """Switch a plan on: its generation (written now for a solver plan, staged at upload
+    for a redraw), validated, activated; buildings reassigned, workers of retired and
+    new grids handled (see `staffing`), open cases re-routed, an audit row written,
+    all in the caller's transaction (raise = nothing happened).
+
+    An uploaded plan whose staged generation was already switched on with `wangge
+    activate` is completed: buildings, workers and cases follow it. With
+    `assign_new_grids`, a new grid that needs a worker gets the proposed one.
+    """
     from gis.db.cases_repo import reroute
 
     plan = _plan_row(session, plan_id)
+    require_planner(actor)
     if plan.status != "proposed":
         raise Conflict(f"plan {plan.id} is {plan.status}, not proposed", plan=plan.id)
+    grids = plan_grids_gdf(session, plan.id)
+    changed = sorted(set(grids["parent_code"]))
+    authorise(session, actor, plan.base_generation_id, changed, f"plan {plan.id}")
     active = repo.require_active_generation(session)
-    if active.id != plan.base_generation_id:
+    staged_id = (plan.parameters or {}).get("generation_id")
+    gen = session.get(Generation, staged_id) if staged_id else None
+    if staged_id and gen is None:
+        raise Conflict(f"plan {plan.id}'s staged generation is gone", plan=plan.id)
+    already_on = gen is not None and gen.id == active.id
+    if not already_on and active.id != plan.base_generation_id:
         raise Conflict(
             f"plan {plan.id} was made on generation {plan.base_generation_id}, "
             f"but {active.name!r} is active now: propose it again",
             plan=plan.id,
         )
-    grids = plan_grids_gdf(session, plan.id)
-    changed = sorted(set(grids["parent_code"]))
-    gen = repo.create_generation(
-        session,
-        generation_name or f"plan-{plan.id}-{_now():%Y%m%d%H%M%S}",
-        note=f"plan {plan.name}",
-    )
-    repo.copy_areas(session, active, gen, ["district", "street", "community"])
-    # Grids of untouched communities are copied as they are.
-    src = sa.select(
-        sa.literal(gen.id), Area.level, Area.code, Area.name, Area.parent_code, Area.geom
-    ).where(Area.generation_id == active.id, Area.level == "grid", Area.parent_code.not_in(changed))
-    session.execute(
-        sa.insert(Area).from_select(
-            ["generation_id", "level", "code", "name", "parent_code", "geom"], src
+    if gen is not None and gen.status == "retired":
+        raise Conflict(f"plan {plan.id}'s generation {gen.name!r} is retired", plan=plan.id)
+    staff = staffing(session, plan.id)
+    if gen is None:
+        gen = repo.create_generation(
+            session,
+            generation_name or f"plan-{plan.id}-{_now():%Y%m%d%H%M%S}",
+            note=f"plan {plan.name}",
         )
-    )
-    new_grids = grids.assign(level="grid")
-    repo.write_areas(session, new_grids[["code", "name", "level", "parent_code", "geometry"]], gen)
-    problems = validate_plan(session, plan.id)
+        repo.copy_areas(session, active, gen, ["district", "street", "community"])
+        _copy_grids_except(session, active, gen, changed)
+        new_grids = grids.assign(level="grid")
+        repo.write_areas(
+            session, new_grids[["code", "name", "level", "parent_code", "geometry"]], gen
+        )
+    problems = validate_plan(session, plan.id, gen)
     if problems:
         raise InfeasiblePlan(
             f"plan {plan.id} fails topology validation ({len(problems)} problem(s)): "
@@ -718,17 +1238,55 @@ def apply_plan(session: Session, plan_id: int | str, *, generation_name: str | N
             .values(grid_code=sa.bindparam("g")),
             [{"b_code": c, "g": g} for c, g in moves],
         )
+    workers = _apply_staffing(session, staff, assign_new_grids)
     rerouted = reroute(session, dry_run=False)
     session.execute(
         sa.update(plans_table)
         .where(plans_table.c.id == plan.id)
         .values(status="applied", applied_generation_id=gen.id, applied_at=_now())
     )
-    session.flush()
-    return {
+    result = {
         "plan": plan.id,
         "generation": gen.name,
         "buildings_moved": len(moves),
         "communities": changed,
         "cases_rerouted": rerouted.get("moved", 0),
+        **workers,
+    }
+    audit_repo.record(session, actor, "plan.apply", "plan", plan.id, result)
+    session.flush()
+    return result
+
+
+def _apply_staffing(session: Session, staff: dict, assign_new_grids: bool) -> dict:
+    """Worker rows follow the plan: retired grids' rows go (their workers move to the
+    successor or are released); new grids get the proposed worker only when asked."""
+    ids = dict(session.execute(sa.select(Worker.code, Worker.id)).all())
+    wg = WorkerGrid.__table__
+    moved, released, assigned, needing = [], [], [], []
+    for ch in staff["changes"]:
+        if ch["change"] == "retired":
+            session.execute(sa.delete(wg).where(wg.c.grid_code == ch["grid"]))
+            for w in ch["workers"]:
+                if ch["workers_go_to"]:
+                    session.execute(
+                        sa.insert(wg).values(worker_id=ids[w], grid_code=ch["workers_go_to"])
+                    )
+                    moved.append(
+                        {"worker": w, "from_grid": ch["grid"], "to_grid": ch["workers_go_to"]}
+                    )
+                else:
+                    released.append({"worker": w, "grid": ch["grid"]})
+        elif ch["needs_worker"]:
+            proposal = ch["proposed_worker"]
+            if assign_new_grids and proposal is not None:
+                session.execute(sa.insert(wg).values(worker_id=ids[proposal], grid_code=ch["grid"]))
+                assigned.append({"worker": proposal, "grid": ch["grid"]})
+            else:
+                needing.append({"grid": ch["grid"], "proposed_worker": proposal})
+    return {
+        "workers_moved": moved,
+        "workers_released": released,
+        "workers_assigned": assigned,
+        "grids_needing_worker": needing,
     }
