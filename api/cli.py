@@ -110,7 +110,7 @@ def demo(
 def _serve(settings: Settings, host: str, port: int, workers: int, access_log: bool = True) -> None:
     import uvicorn
 
-    from api.serving import NoDelayH11Protocol
+    from api.serving import event_loop, http_protocol
 
     base = f"http://{host}:{port}"
     console.print(f"wangge is serving {_describe_store(settings)}")
@@ -125,7 +125,8 @@ def _serve(settings: Settings, host: str, port: int, workers: int, access_log: b
             host=host,
             port=port,
             workers=workers,
-            http=NoDelayH11Protocol,
+            http=http_protocol(),
+            loop=event_loop(),
             access_log=access_log,
         )
     else:
@@ -135,7 +136,8 @@ def _serve(settings: Settings, host: str, port: int, workers: int, access_log: b
             create_app(settings),
             host=host,
             port=port,
-            http=NoDelayH11Protocol,
+            http=http_protocol(),
+            loop=event_loop(),
             access_log=access_log,
         )
 
