@@ -59,9 +59,21 @@ def _wkt(geoms: Sequence) -> list[str]:
     return list(shapely.to_wkt(np.asarray(geoms), rounding_precision=-1, output_dimension=2))
 
 
+def _box_wkt(bbox) -> str:
+    """The box as a polygon; a flat box (points on one line) gets a hair of height or
+    width, since PostGIS finds nothing inside a polygon of zero area."""
+    minx, miny, maxx, maxy = bbox
+    eps = 1e-9
+    if maxx - minx < eps:
+        minx, maxx = minx - eps, maxx + eps
+    if maxy - miny < eps:
+        miny, maxy = miny - eps, maxy + eps
+    return shapely.box(minx, miny, maxx, maxy).wkt
+
+
 def _spatial_candidates(session: Session, column, bbox: tuple[float, float, float, float]):
     """A WHERE clause keeping rows whose indexed geometry's box meets `bbox`."""
-    frame = _geom_from_wkt(shapely.box(*bbox).wkt)
+    frame = _geom_from_wkt(_box_wkt(bbox))
     if _is_postgis(session):
         return column.op("&&")(frame)
     table = column.table
@@ -78,7 +90,7 @@ def _spatial_candidates(session: Session, column, bbox: tuple[float, float, floa
 
 
 def _bbox_filter(session: Session, column, bbox):
-    frame = _geom_from_wkt(shapely.box(*bbox).wkt)
+    frame = _geom_from_wkt(_box_wkt(bbox))
     return sa.and_(_spatial_candidates(session, column, bbox), sa.func.ST_Intersects(column, frame))
 
 
