@@ -185,9 +185,23 @@ async def _on_http_error(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
 
 
+async def _on_out_of_range(request: Request, exc: Exception) -> JSONResponse:
+    """A number the store cannot hold (an offset of 10^19, an id past bigint) is the
+    client's mistake, answered 400; the route should have bounded the parameter, so
+    the log says which one slipped through."""
+    log.warning("out-of-range value reached the store on %s: %s", request.url.path, exc)
+    body = InvalidInput(
+        "a number in the request is out of range (too large for the store); use a smaller value"
+    ).to_dict()
+    return JSONResponse(body, status_code=400)
+
+
 async def _on_database_error(_request: Request, exc: Exception) -> JSONResponse:
     """A store that went away answers 503 (try again), not 500; anything else is a bug."""
     from gis.db.engine import store_unavailable
+
+    if isinstance(exc, sa.exc.DataError):  # e.g. "bigint out of range"
+        return await _on_out_of_range(_request, exc)
 
     if store_unavailable(exc):
         log.warning("database unavailable: %s", exc.__class__.__name__)
@@ -216,4 +230,6 @@ def register_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(sa.exc.DBAPIError, _on_database_error)
     app.add_exception_handler(sa.exc.TimeoutError, _on_database_error)
     app.add_exception_handler(sa.exc.DisconnectionError, _on_database_error)
+    # SQLite's driver raises OverflowError itself for an integer past 64 bits.
+    app.add_exception_handler(OverflowError, _on_out_of_range)
     app.add_exception_handler(Exception, _on_unexpected_error)
