@@ -157,8 +157,12 @@ def test_api_keys_act_with_their_role_and_are_stored_hashed(server):
         headers=admin_h,
     )
     assert bad_scope.status_code == 400 and bad_scope.json()["field"] == "scope"
+    # A stored key also opens Open311 intake (its api_key form field), until disabled.
+    form = {"api_key": key, "service_code": "0101", "lat": "39.91", "long": "116.405"}
+    assert httpx.post(f"{base}/open311/v2/requests.json", data=form).status_code == 201
     httpx.post(f"{base}/api/v1/apikeys/hotline/disable", headers=admin_h)
     assert httpx.get(f"{base}/api/v1/cases", headers={"X-API-Key": key}).status_code == 401
+    assert httpx.post(f"{base}/open311/v2/requests.json", data=form).status_code == 403
 
 
 def test_passwords_are_argon2_hashes(server):

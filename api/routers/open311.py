@@ -270,6 +270,15 @@ def _api_key_ok(settings: Settings, key: str) -> bool:
     return any(hmac.compare_digest(key.encode(), k.encode()) for k in keys)
 
 
+def _stored_key_ok(sessions, key: str) -> bool:
+    """An active API key issued with `wangge apikey add` also opens Open311 intake."""
+    from gis.db import users_repo
+
+    with sessions() as session:
+        principal = users_repo.find_api_key(session, key)
+    return principal is not None and principal.active
+
+
 def _coordinate(fields: dict[str, str], name: str, bound: float) -> float:
     text = fields.get(name, "").strip()
     try:
@@ -346,9 +355,11 @@ async def create_request(fmt: str, request: Request, settings: SettingsDep) -> R
     key = fields.get("api_key") or request.query_params.get("api_key") or ""
     if not key:
         raise Open311Error(403, "api_key is required to create a service request")
-    if not _api_key_ok(settings, key):
-        raise Open311Error(403, "invalid api_key; can't proceed with create_request")
     sessions = request.app.state.sessions
+    if not _api_key_ok(settings, key) and not await run_in_threadpool(
+        _stored_key_ok, sessions, key
+    ):
+        raise Open311Error(403, "invalid api_key; can't proceed with create_request")
 
     def write() -> tuple[dict[str, Any], Any]:
         with sessions() as session, session.begin():
