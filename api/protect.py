@@ -35,6 +35,7 @@ from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 from urllib.parse import parse_qsl
 from weakref import WeakSet
 
@@ -76,10 +77,15 @@ def _is_open311(path: str) -> bool:
 
 
 def _answer(
-    path: str, status: int, error: str, message: str, headers: dict[str, str] | None = None
+    path: str,
+    status: int,
+    error: str,
+    message: str,
+    headers: dict[str, str] | None = None,
+    detail: dict[str, Any] | None = None,
 ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
     """An error in the shape the route's clients expect: GeoReport's list for Open311,
-    `{"error", "message"}` for everything else."""
+    `{"error", "message", **detail}` for everything else."""
     if _is_open311(path):
         errors = [{"code": status, "description": message}]
         if path.endswith(".xml"):
@@ -88,7 +94,7 @@ def _answer(
         else:
             body, media = json.dumps(errors, ensure_ascii=False).encode(), "application/json"
     else:
-        payload = {"error": error, "message": message}
+        payload = {**(detail or {}), "error": error, "message": message}
         body, media = json.dumps(payload, ensure_ascii=False).encode(), "application/json"
     raw = [(b"content-type", media.encode()), (b"content-length", str(len(body)).encode())]
     raw += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
@@ -160,7 +166,8 @@ def client_of(scope: Scope) -> str:
 def bbox_too_large(query_string: bytes, max_deg: float) -> str | None:
     """The problem with an oversized `bbox` in a query string, or None.
 
-    Only a well-formed bbox is judged here; a malformed one is the route's to refuse.
+    Only a well-formed bbox is judged here; a malformed or out-of-range one is the
+    route's to refuse, with its own message.
     """
     for name, value in parse_qsl(query_string.decode("latin-1"), keep_blank_values=True):
         if name != "bbox":
@@ -169,9 +176,9 @@ def bbox_too_large(query_string: bytes, max_deg: float) -> str | None:
             minx, miny, maxx, maxy = (float(p) for p in value.split(","))
         except ValueError:
             continue
+        if not (-180 <= minx < maxx <= 180 and -90 <= miny < maxy <= 90):
+            continue  # also NaN: every comparison with it is false
         width, height = maxx - minx, maxy - miny
-        if not (math.isfinite(width) and math.isfinite(height)):
-            continue
         if width > max_deg or height > max_deg:
             return (
                 f"must be at most {max_deg:g}° wide and {max_deg:g}° tall "
@@ -209,7 +216,12 @@ def _aware(dt: datetime) -> datetime:
 
 def _mark_committed(session: Session) -> None:
     """Before the request's first commit, mark its key as committed in that very
-    transaction, so the writes and the mark commit together or not at all."""
+    transaction, so the writes and the mark commit together or not at all.
+
+    The intake routes commit once (a read-only session is closed, not committed).
+    A route that committed an empty transaction before its write would mark the
+    key early: never a second case, at worst an "answer lost" on a retry.
+    """
     claim = _current_claim.get()
     if claim is None or claim.committed:
         return
@@ -496,7 +508,8 @@ class Protect:
         problem = bbox_too_large(scope.get("query_string", b""), self.settings.bbox_max_deg)
         if problem:
             error = invalid_parameter("bbox", problem)
-            await _send_answer(send, _answer(path, 400, "InvalidInput", error.message))
+            answer = _answer(path, 400, "InvalidInput", error.message, detail=error.to_dict())
+            await _send_answer(send, answer)
             return
         reset = store_faults.set(faults)
         try:
@@ -524,7 +537,8 @@ class Protect:
                 f"must be 1 to {KEY_MAX} visible ASCII characters (a UUID is a good choice)",
                 location="header",
             )
-            await _send_answer(guard.send, _answer(path, 400, "InvalidInput", error.message))
+            answer = _answer(path, 400, "InvalidInput", error.message, detail=error.to_dict())
+            await _send_answer(guard.send, answer)
             return
         body = await _read_body(guard.receive)
         digest = _digest(scope, body)

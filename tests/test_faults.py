@@ -39,6 +39,7 @@ CASE = {"category": "0101", "lon": 123.405, "lat": 41.808, "description": "fault
 FAIL_FAST_S = 3.5
 OUTAGE_S = 3.0
 RECOVERY_LIMIT_S = 20.0
+LEASE_S = 3.0
 
 
 @pytest.fixture
@@ -67,16 +68,27 @@ def settings(store_url, tmp_path, monkeypatch) -> Settings:
     for name in list(os.environ):
         if name.startswith("WANGGE_") and name != "WANGGE_TEST_DATABASE_URL":
             monkeypatch.delenv(name)
-    return Settings(database_url=store_url, data_dir=tmp_path, rate_limit_per_min=0, db_timeout_s=2)
+    # A short lease: a claim orphaned by the outage is taken over soon after it.
+    return Settings(
+        database_url=store_url,
+        data_dir=tmp_path,
+        rate_limit_per_min=0,
+        db_timeout_s=2,
+        idempotency_lease_s=LEASE_S,
+    )
 
 
 @dataclass
 class Client:
-    """One reporter: files cases one after another, retrying each key until 201."""
+    """One reporter: files cases one after another, retrying each key until 201.
+
+    `stop` ends the run after the current key; `abort` gives up on it too."""
 
     base: str
     stop: threading.Event
+    abort: threading.Event
     statuses: Counter = field(default_factory=Counter)
+    started: list[str] = field(default_factory=list)  # every key tried
     created: dict[str, str] = field(default_factory=dict)  # key -> case code
     lost: list[str] = field(default_factory=list)  # keys answered "answer lost"
     slowest_error_s: float = 0.0
@@ -86,7 +98,8 @@ class Client:
         with httpx.Client(base_url=self.base, timeout=10) as http:
             while not self.stop.is_set():
                 key = str(uuid.uuid4())
-                while not self.stop.is_set():
+                self.started.append(key)
+                while not self.abort.is_set():
                     began = time.monotonic()
                     try:
                         r = http.post("/api/v1/cases", json=CASE, headers={"Idempotency-Key": key})
@@ -122,8 +135,8 @@ def test_database_outage_answers_503_fast_and_recovers_with_nothing_lost(
 ):
     with serve(settings) as base, httpx.Client(base_url=base, timeout=10) as http:
         assert http.get("/readyz").json()["status"] == "ready"
-        stop = threading.Event()
-        clients = [Client(base, stop) for _ in range(3)]
+        stop, abort = threading.Event(), threading.Event()
+        clients = [Client(base, stop, abort) for _ in range(3)]
         threads = [threading.Thread(target=c.run) for c in clients]
         for t in threads:
             t.start()
@@ -154,9 +167,12 @@ def test_database_outage_answers_503_fast_and_recovers_with_nothing_lost(
             assert http.post("/api/v1/cases", json=CASE).status_code == 201
             time.sleep(1.0)  # traffic after recovery
         finally:
-            stop.set()
+            stop.set()  # each client finishes the key it holds (a lease at most)
             for t in threads:
-                t.join(timeout=30)
+                t.join(timeout=LEASE_S + 15)
+            abort.set()
+            for t in threads:
+                t.join(timeout=15)
         outage_s = started_at - stopped_at
 
     statuses = sum((c.statuses for c in clients), Counter())
@@ -180,6 +196,8 @@ def test_database_outage_answers_503_fast_and_recovers_with_nothing_lost(
     engine.dispose()
     created = [code for c in clients for code in c.created.values()]
     lost = [key for c in clients for key in c.lost]
+    # Every key a client tried ended in one case: answered 201, or (crash window) lost.
+    assert all(k in c.created or k in c.lost for c in clients for k in c.started)
     assert all(codes[code] == 1 for code in created)  # every 201 stored exactly once
     # The clients' cases plus the two posted by hand (one 503, one 201): nothing else.
     assert sum(codes.values()) == len(created) + len(lost) + 1
