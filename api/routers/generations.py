@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC
 from typing import Annotated
 
 from fastapi import APIRouter, Path
@@ -12,6 +13,18 @@ from gis.db import repo
 
 router = APIRouter(prefix="/generations", tags=["generations"])
 
+
+def _out(generation) -> GenerationOut:
+    """The generation with aware UTC times (SpatiaLite hands back naive UTC clocks)."""
+    out = GenerationOut.model_validate(generation)
+    aware = {
+        name: value.replace(tzinfo=UTC)
+        for name in ("created_at", "activated_at")
+        if (value := getattr(out, name)) is not None and value.tzinfo is None
+    }
+    return out.model_copy(update=aware)
+
+
 NameOrId = Annotated[
     str, Path(description="the generation's name or numeric id", examples=["initial"])
 ]
@@ -21,7 +34,7 @@ NameOrId = Annotated[
 def list_generations(session: SessionDep) -> list[GenerationOut]:
     """Every generation, oldest first, with its status: exactly one is `active`;
     redraws wait as `staged`; replaced ones are `retired`."""
-    return [GenerationOut.model_validate(g) for g in repo.list_generations(session)]
+    return [_out(g) for g in repo.list_generations(session)]
 
 
 @router.get(
@@ -32,7 +45,7 @@ def list_generations(session: SessionDep) -> list[GenerationOut]:
 )
 def read_generation(name_or_id: NameOrId, session: SessionDep) -> GenerationOut:
     """A generation by name or id; `active` names the active one."""
-    return GenerationOut.model_validate(repo.get_generation(session, name_or_id))
+    return _out(repo.get_generation(session, name_or_id))
 
 
 @router.post(
@@ -53,4 +66,4 @@ def activate_generation(
     """
     generation = repo.activate_generation(session, repo.get_generation(session, name_or_id), actor)
     session.commit()
-    return GenerationOut.model_validate(generation)
+    return _out(generation)
