@@ -213,7 +213,7 @@ class _Raw:
     warnings: list[str] = field(default_factory=list)
 
 
-def _read(path: Path, layer: str, name: str, shown: str, limits: ImportLimits) -> _Raw:
+def _read(path: Path, layer: str, name: str, shown: str, limits: ImportLimits = LIMITS) -> _Raw:
     """Read any supported format; every failure becomes an ImportRejected naming the file."""
     if not path.exists():
         raise _refuse(name, shown, "no such file")

@@ -11,6 +11,7 @@ import io
 import json
 import os
 import struct
+import time
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -198,11 +199,17 @@ def test_hostile_files_are_refused_by_the_cli(env, district, tmp_path):
         assert _counts(district) == before, item.name
 
 
-def test_hostile_files_are_refused_over_http(env, district):
+def test_hostile_files_are_refused_over_http(env, district, capsys):
     before = _counts(district)
+    figures = []
     with serve(env) as base, httpx.Client(base_url=base, timeout=120, headers=ADMIN) as http:
         for item in HOSTILE:
+            began = time.monotonic()
             r = http.post(f"/api/v1/imports/{item.layer}", files={"file": (item.name, item.data)})
+            figures.append(
+                f"  {item.name:26} {len(item.data):>11,} B  {r.status_code}  "
+                f"{time.monotonic() - began:5.2f} s  {r.json()['message'][:90]}"
+            )
             assert 400 <= r.status_code < 500, (item.name, r.status_code, r.text[:500])
             message = r.json()["message"]
             assert item.name in message, (item.name, message)
@@ -210,6 +217,8 @@ def test_hostile_files_are_refused_over_http(env, district):
             assert _counts(district) == before, item.name
         # The server is still well after all of it.
         assert http.get("/readyz").status_code == 200
+    with capsys.disabled():
+        print(f"\nhostile files over HTTP ({district.split(':')[0]}):", *figures, sep="\n")
 
 
 def _sql_stations() -> bytes:
