@@ -34,7 +34,8 @@ def add_case_history(cases, deadline_h: dict[str, float], seed: int = 7) -> pd.D
         late, hours * rng.uniform(1.05, 2.5, len(out)), hours * rng.uniform(0.1, 0.95, len(out))
     )
     done = spent + 24 < age_h
-    status = np.where(done, "closed", "reported")
+    # object dtype: a fixed-width string array would cut "in_progress" to "in_progr"
+    status = np.where(done, "closed", "reported").astype(object)
     recent = ~done
     status[recent] = rng.choice(
         ["reported", "dispatched", "accepted", "in_progress", "resolved"],

@@ -8,6 +8,7 @@ import sqlalchemy as sa
 
 from data.demo import generate_district
 from data.loader import load_district
+from gis.cases import STATUSES
 from gis.db import repo
 from gis.db.models import Case
 
@@ -40,3 +41,10 @@ def test_tiny_demo_loads_and_every_building_locates_to_its_grid(store):
             s.execute(sa.select(Case.route_flag, sa.func.count()).group_by(Case.route_flag)).all()
         )
         assert flags == {"inside": len(district.cases)}
+        # every stored status is one the workflow knows, and the open ones are spread
+        # over the states a dispatcher and a worker act on
+        statuses = dict(
+            s.execute(sa.select(Case.status, sa.func.count()).group_by(Case.status)).all()
+        )
+        assert set(statuses) <= set(STATUSES), statuses
+        assert {"closed", "in_progress"} <= set(statuses)
