@@ -282,8 +282,10 @@ class _Idempotency:
     (replay it), NULL within the lease (still running: 409 + Retry-After), NULL
     past the lease (the first died before committing: take the key over and run;
     should the first still be alive it cannot commit, its mark needs its token),
-    or COMMITTED (the case exists but its answer was lost in a crash between
-    commit and storing it: 409 saying so, never a second case). Only answers of
+    COMMITTED within the lease (the first has committed and is storing its answer:
+    409 + Retry-After, as running), or COMMITTED past the lease (the case exists but
+    its answer was lost in a crash between commit and storing it: 409 saying so,
+    never a second case). Only answers of
     requests that wrote something are kept; one that wrote nothing (a 400, a 503)
     frees the key, so a retry simply runs again.
     """
@@ -344,7 +346,9 @@ class _Idempotency:
             if row.status_code is None:
                 return _Decision("running")
             if row.status_code == COMMITTED:
-                return _Decision("lost")
+                # Within the lease the first request has committed and is storing its
+                # answer right now; past it, that answer is not coming.
+                return _Decision("running" if age <= self.lease else "lost")
             return _Decision(
                 "replay",
                 status=row.status_code,

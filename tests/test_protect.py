@@ -196,6 +196,12 @@ def test_a_committed_key_without_an_answer_never_runs_again(api, sessions):
     lost = api.post("/api/v1/cases", json=CASE, headers=keyed("lost"))
     assert lost.status_code == 409
     assert lost.json()["error"] == "IdempotencyAnswerLost"
+    # Committed a moment ago: the first request is storing its answer; come back soon.
+    _put_key(sessions, "finishing", status=COMMITTED, age=timedelta(seconds=1), sha=sha)
+    finishing = api.post("/api/v1/cases", json=CASE, headers=keyed("finishing"))
+    assert finishing.status_code == 409
+    assert finishing.json()["error"] == "IdempotencyKeyInUse"
+    assert finishing.headers["retry-after"] == "1"
     assert count_cases(sessions) == 1
 
 
