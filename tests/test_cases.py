@@ -48,7 +48,8 @@ DEG_LAT_M = 111_195.0  # metres per degree of latitude, near enough for test off
 
 ADMIN = Actor("admin", "root")
 DISPATCHER = Actor("dispatcher", "d1")
-RESIDENT = Actor("resident", "")
+RESIDENT = Actor("resident", "r1")  # files every case of file_case
+STRANGER = Actor("resident", "r2")  # filed none of them
 
 
 def hierarchy(grids, *, community_box=(WEST, SOUTH, EAST, NORTH)) -> gpd.GeoDataFrame:
@@ -113,6 +114,7 @@ def file_case(store, lon=123.405, lat=41.807, *, category=CATEGORY, now=T0, **kw
             lat=lat,
             description=kw.pop("description", "垃圾"),
             source=kw.pop("source", "resident"),
+            reporter_user=kw.pop("reporter_user", RESIDENT.name),
             now=now,
             **kw,
         )
@@ -306,39 +308,52 @@ def test_closed_loop_happy_path(district):
     assert history[1]["note"] == "to worker W1"
 
 
-# (action, status the case is in, actor, allowed?)
+# (action, status the case is in, actor, outcome): True when the step is taken,
+# Forbidden when the actor sees the case but may not take that step, NotFound when
+# the case is outside the actor's reach (worded as for a missing case).
 ROLE_CASES = [
-    ("dispatch", "reported", Actor("worker", "W1", (G1,)), False),
-    ("dispatch", "reported", RESIDENT, False),
+    ("dispatch", "reported", Actor("worker", "W1", (G1,)), Forbidden),
+    ("dispatch", "reported", RESIDENT, Forbidden),
     ("dispatch", "reported", DISPATCHER, True),
-    ("accept", "dispatched", Actor("worker", "W1"), True),
-    ("accept", "dispatched", Actor("worker", "W2", (G2,)), False),
+    ("accept", "dispatched", Actor("worker", "W1"), True),  # assigned to W1
+    ("accept", "dispatched", Actor("worker", "W2", (G2,)), NotFound),
     ("accept", "dispatched", Actor("worker", "W7", (G1,)), True),  # by grid
-    ("accept", "dispatched", RESIDENT, False),
-    ("resolve", "in_progress", Actor("worker", "W2"), False),
-    ("resolve", "in_progress", Actor("planner", "p"), False),
+    ("accept", "dispatched", RESIDENT, Forbidden),
+    ("resolve", "in_progress", Actor("worker", "W2"), NotFound),
+    ("resolve", "in_progress", Actor("planner", "p"), Forbidden),
     ("resolve", "escalated", Actor("department", "城市管理局"), True),
+    ("resolve", "escalated", Actor("department", "x", scope="城市管理局"), True),
+    ("resolve", "escalated", Actor("department", "y", scope="公安局"), NotFound),
     ("evaluate", "resolved", RESIDENT, True),
-    ("evaluate", "resolved", Actor("worker", "W1"), False),
+    ("evaluate", "resolved", STRANGER, NotFound),
+    ("evaluate", "resolved", Actor("resident", ""), NotFound),
+    ("evaluate", "resolved", Actor("worker", "W1"), Forbidden),
     ("escalate", "accepted", Actor("worker", "W1"), True),
-    ("escalate", "accepted", RESIDENT, False),
+    ("escalate", "accepted", RESIDENT, Forbidden),
     ("return", "dispatched", Actor("worker", "W1"), True),
-    ("reject", "reported", Actor("worker", "W1"), False),
+    ("reject", "reported", Actor("worker", "W1"), Forbidden),
     ("close", "evaluated", Actor("system", "cron"), True),
+    ("close", "evaluated", Actor("dispatcher", "d2", scope=COMMUNITY), True),
+    ("close", "evaluated", Actor("dispatcher", "d3", scope="210102001002"), NotFound),
 ]
 
 
-@pytest.mark.parametrize(("action", "status", "actor", "ok"), ROLE_CASES)
-def test_roles(district, action, status, actor, ok):
+@pytest.mark.parametrize(("action", "status", "actor", "outcome"), ROLE_CASES)
+def test_roles(district, action, status, actor, outcome):
     case = file_case(district, 123.405, 41.808)  # grid 001, worker W1
     force(district, case["id"], status=status)
     kw = _params(action, case["id"])
-    if ok:
+    if outcome is True:
         assert step(district, case["id"], action, actor, **kw)["status"] != status
-    else:
-        with pytest.raises(Forbidden) as err:
-            step(district, case["id"], action, actor, **kw)
+        return
+    with pytest.raises(outcome) as err:
+        step(district, case["id"], action, actor, **kw)
+    if outcome is Forbidden:
         assert action in err.value.message
+    else:
+        assert err.value.message == f"no case {case['id']!r}"
+    with district.session() as s:
+        assert cases_repo.get_case(s, case["id"])["status"] == status  # nothing changed
 
 
 def test_step_parameters_are_checked(district):
