@@ -356,6 +356,24 @@ def test_roles(district, action, status, actor, outcome):
         assert cases_repo.get_case(s, case["id"])["status"] == status  # nothing changed
 
 
+def test_a_scoped_dispatcher_dispatches_only_to_workers_in_their_area(district):
+    case = file_case(district, 123.405, 41.808)
+    other_street = Actor("dispatcher", "d9", scope="210102002")
+    with pytest.raises(NotFound):  # the case is not theirs to see either
+        step(district, case["id"], "dispatch", other_street, worker_code="W1")
+    with district.session() as s, s.begin():
+        repo.write_workers(
+            s, pd.DataFrame([{"code": "X1", "name": "外街", "grid_codes": "210102002001001"}])
+        )
+    mine = Actor("dispatcher", "d1", scope=COMMUNITY)
+    with pytest.raises(InvalidInput) as err:
+        step(district, case["id"], "dispatch", mine, worker_code="X1")
+    assert err.value.detail["field"] == "worker_code"
+    assert err.value.message == "no active worker 'X1'"
+    done = step(district, case["id"], "dispatch", mine, worker_code="W2")
+    assert (done["status"], done["worker_code"]) == ("dispatched", "W2")
+
+
 def test_step_parameters_are_checked(district):
     case = file_case(district)
     other = file_case(district, 123.415, 41.808)

@@ -1135,7 +1135,18 @@ def _apply(
     if action == "dispatch":
         worker = current
         if worker_code is not None:
-            worker = session.scalars(sa.select(Worker).where(Worker.code == worker_code)).first()
+            query = sa.select(Worker).where(Worker.code == worker_code)
+            if rules.scope_kind(actor) == "area":
+                # A scoped dispatcher hands cases only to workers of grids in their area;
+                # anyone else reads as missing, as out-of-scope things do everywhere.
+                query = query.where(
+                    Worker.id.in_(
+                        sa.select(WorkerGrid.worker_id).where(
+                            WorkerGrid.grid_code.in_(repo.codes_under(actor.scope))
+                        )
+                    )
+                )
+            worker = session.scalars(query).first()
             if worker is None or not worker.active:
                 raise InvalidInput(f"no active worker {worker_code!r}", field="worker_code")
         if worker is None:
