@@ -245,6 +245,12 @@ def _mark_committed(session: Session) -> None:
         )
 
 
+def holds_idempotency_key() -> bool:
+    """Whether the request being served holds an Idempotency-Key claim. Its writes
+    must then run in a real transaction, for the key's mark to commit with them."""
+    return _current_claim.get() is not None
+
+
 def _note_committed(session: Session) -> None:
     claim = _current_claim.get()
     if claim is not None:
