@@ -10,7 +10,8 @@ A route with no rule is refused (500 in the log, 403 to the caller) rather than 
 unguarded, and `tests/test_access.py` fails on it, so a new endpoint needs a rule here.
 
 No credentials → anonymous; a role not listed → 401 for anonymous callers (log in),
-403 for everyone else.
+403 for everyone else. A browser opening a map page anonymously (GET, Accept: text/html)
+is sent to the login form instead of the 401 (`api.login.LoginRequired`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from sqlalchemy.orm import Session
 
 from api.auth import unauthorized
 from api.deps import get_actor
+from api.login import LoginRequired, wants_login_page
 from gis.cases import Actor, scope_kind
 from gis.db import repo
 from gis.db.models import Area
@@ -77,6 +79,9 @@ RULES: dict[tuple[str, str], Rule] = {
     # identities and the audit log
     ("POST", f"{API}/auth/token"): Rule(EVERYONE, note="login"),
     ("GET", f"{API}/auth/me"): Rule(EVERYONE),
+    ("GET", "/login"): Rule(EVERYONE, note="the browser login form"),
+    ("POST", "/login"): Rule(EVERYONE, note="login; sets the token cookie"),
+    ("POST", "/logout"): Rule(EVERYONE, note="clears the token cookie"),
     ("GET", f"{API}/users"): Rule(ADMIN),
     ("POST", f"{API}/users"): Rule(ADMIN),
     ("POST", f"{API}/users/{{username}}/disable"): Rule(ADMIN),
@@ -267,6 +272,8 @@ async def enforce(request: Request, actor: Annotated[Actor, Depends(get_actor)])
         raise Forbidden(f"no access rule for {request.method} {template}; refused")
     if actor.role not in rule.roles:
         if actor.role == "anonymous":
+            if wants_login_page(request):  # a person opening a map: the login form
+                raise LoginRequired(request)
             raise unauthorized("log in: this needs a token (POST /api/v1/auth/token) or API key")
         raise Forbidden(
             f"a {actor.role} may not {request.method} {template}",

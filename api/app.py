@@ -36,6 +36,7 @@ from api.routers import (
 from api.routers import audit as audit_router
 from api.routers import auth as auth_router
 from api.routers import coverage as coverage_router
+from api.routers import login as login_router
 from api.routers import maps as maps_router
 from api.routers import nearest as nearest_router
 from api.routers import plans as plans_router
@@ -180,5 +181,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(plans_router.router, prefix=API_PREFIX)  # /plans
     app.include_router(open311.router)  # /open311/v2, errors in the GeoReport shape
     app.include_router(maps_router.router)  # HTML maps and their Leaflet files, /maps
+    app.include_router(login_router.router)  # the browser login form, /login and /logout
     app.openapi = lambda: _openapi_with_400(app)  # type: ignore[method-assign]
     return app

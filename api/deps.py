@@ -14,6 +14,7 @@ from typing import Annotated
 from fastapi import Depends, Header, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.orm import Session, sessionmaker
+from starlette.exceptions import HTTPException
 
 from api.errors import invalid_parameter
 from api.settings import Settings
@@ -144,28 +145,50 @@ async def get_actor(
         Header(description="development only (dev_role_headers): the caller's name"),
     ] = None,
 ) -> Actor:
-    """Who is calling: a bearer token, an API key, or anonymous (see `api.auth`).
+    """Who is calling: a bearer token, an API key, the browser login cookie, or
+    anonymous (see `api.auth` and `api.login`).
+
+    The cookie counts only on GET and HEAD when no header credential is sent, and then
+    exactly as the same token in `Authorization: Bearer` would; a write with only the
+    cookie is anonymous. A cookie that does not check out answers 401 like a bad
+    token, except that a map page sends the browser to log in again and the login
+    page itself opens as anonymous.
 
     Credentials that need the store are checked in the thread pool; a request with
     none answers at once as anonymous.
     """
     from api.auth import ANONYMOUS, resolve_actor
+    from api.login import LOGIN_PATH, TOKEN_COOKIE, LoginRequired, wants_login_page
 
     settings: Settings = request.app.state.settings
+    cookie = None
+    if not (authorization or x_api_key) and request.method in ("GET", "HEAD"):
+        cookie = request.cookies.get(TOKEN_COOKIE) or None
+        if cookie:
+            authorization = f"Bearer {cookie}"
     if not (authorization or x_api_key or settings.dev_role_headers):
         actor = ANONYMOUS
     else:
-        actor = await run_in_threadpool(
-            lambda: resolve_actor(
-                settings=settings,
-                sessions=request.app.state.sessions,
-                cache=_principal_cache(request),
-                authorization=authorization,
-                api_key=x_api_key,
-                role_header=x_wangge_role,
-                user_header=x_wangge_user,
+        try:
+            actor = await run_in_threadpool(
+                lambda: resolve_actor(
+                    settings=settings,
+                    sessions=request.app.state.sessions,
+                    cache=_principal_cache(request),
+                    authorization=authorization,
+                    api_key=x_api_key,
+                    role_header=x_wangge_role,
+                    user_header=x_wangge_user,
+                )
             )
-        )
+        except HTTPException as exc:
+            if cookie is None or exc.status_code != 401:
+                raise
+            if wants_login_page(request):
+                raise LoginRequired(request, clear_cookie=True) from None
+            if request.url.path != LOGIN_PATH:
+                raise
+            actor = ANONYMOUS  # a stale cookie must not lock anyone out of the login form
     request.state.actor = actor
     return actor
 

@@ -252,6 +252,11 @@ def examples(w: World) -> dict[tuple[str, str], list[Example]]:
             Example("POST", f"{api}/auth/token", json={"username": "r1", "password": PASSWORD})
         ],
         ("GET", f"{api}/auth/me"): [Example("GET", f"{api}/auth/me", expect=ok)],
+        ("GET", "/login"): [Example("GET", "/login?next=/maps/coverage", expect=ok)],
+        ("POST", "/login"): [
+            Example("POST", "/login", data={"username": "r1", "password": PASSWORD}, expect=(303,))
+        ],
+        ("POST", "/logout"): [Example("POST", "/logout", expect=(303,))],
         ("GET", f"{api}/users"): [Example("GET", f"{api}/users", expect=ok)],
         ("POST", f"{api}/users"): [
             Example(

@@ -219,3 +219,199 @@ def test_cli_user_and_apikey_commands(store_url, tmp_path, monkeypatch):
             assert sorted(audit) == ["apikey.add", "user.add", "user.disable"]
     finally:
         engine.dispose()
+
+
+# ------------------------------------------------------------- browser login (cookie)
+
+COOKIE = "wangge_token"
+
+
+def cookie_header(token: str) -> dict[str, str]:
+    return {"Cookie": f"{COOKIE}={token}"}
+
+
+def form_login(base: str, username: str, password: str = PASSWORD, **fields) -> httpx.Response:
+    return httpx.post(f"{base}/login", data={"username": username, "password": password, **fields})
+
+
+def set_cookie(response: httpx.Response) -> dict[str, str]:
+    """The token cookie the response sets: its value and attributes (lower-case names)."""
+    headers = [h for h in response.headers.get_list("set-cookie") if h.startswith(f"{COOKIE}=")]
+    assert len(headers) == 1, response.headers
+    first, *attrs = (part.strip() for part in headers[0].split(";"))
+    out = {"value": first.split("=", 1)[1]}
+    for attr in attrs:
+        name, _, value = attr.partition("=")
+        out[name.lower()] = value
+    return out
+
+
+def test_browser_login_sets_a_strict_httponly_cookie(server):
+    base, settings, _ = server
+    page = httpx.get(f"{base}/login", params={"next": f"/maps/grids/{C1}001"})
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "用户名" in page.text and "密码" in page.text
+    assert f'name="next" value="/maps/grids/{C1}001"' in page.text
+    assert "http://" not in page.text and "https://" not in page.text and "<script" not in page.text
+    assert "default-src 'none'" in page.headers["content-security-policy"]
+    assert "Username" in httpx.get(f"{base}/login", params={"lang": "en"}).text
+
+    done = form_login(base, "w1", next=f"/maps/grids/{C1}001?lang=en")
+    assert done.status_code == 303 and done.headers["location"] == f"/maps/grids/{C1}001?lang=en"
+    cookie = set_cookie(done)
+    assert cookie["path"] == "/" and cookie["samesite"] == "Strict"
+    assert "httponly" in cookie and "secure" not in cookie  # plain http in development
+    assert int(cookie["max-age"]) == int(settings.token_expiry_s) == 3600
+    claims = jwt.decode(cookie["value"], SECRET, algorithms=["HS256"])
+    assert claims["sub"] == "w1" and claims["exp"] - claims["iat"] == 3600
+    # Over https (a proxy saying so; uvicorn trusts it from 127.0.0.1) it is Secure.
+    https = httpx.post(
+        f"{base}/login",
+        data={"username": "w1", "password": PASSWORD},
+        headers={"X-Forwarded-Proto": "https"},
+    )
+    assert https.status_code == 303 and "secure" in set_cookie(https)
+
+    wrong = form_login(base, "w1", "wrong password", next="/maps/coverage")
+    assert wrong.status_code == 401 and "set-cookie" not in wrong.headers
+    assert "用户名或密码错误" in wrong.text and 'value="w1"' in wrong.text
+    assert 'name="next" value="/maps/coverage"' in wrong.text
+    ghost = form_login(base, "ghost", lang="en")
+    assert ghost.status_code == 401 and "Wrong username or password" in ghost.text
+    missing = httpx.post(f"{base}/login", data={"username": "w1"})
+    assert missing.status_code == 400 and "set-cookie" not in missing.headers
+    # A login posted by another site's page (login CSRF) is refused.
+    foreign = httpx.post(
+        f"{base}/login",
+        data={"username": "w1", "password": PASSWORD},
+        headers={"Origin": "http://evil.example"},
+    )
+    assert foreign.status_code == 403 and "set-cookie" not in foreign.headers
+    same = httpx.post(
+        f"{base}/login",
+        data={"username": "w1", "password": PASSWORD},
+        headers={"Origin": base},
+    )
+    assert same.status_code == 303
+
+
+def test_login_redirects_only_to_a_path_on_this_site(server):
+    base, _, _ = server
+    for target in (
+        "//evil.example",
+        "//evil.example/maps/coverage",
+        "/\\evil.example",
+        "/\t/evil.example",
+        "https://evil.example/",
+        "javascript:alert(1)",
+        "maps/coverage",
+        "",
+    ):
+        done = form_login(base, "w1", next=target)
+        assert done.status_code == 303 and done.headers["location"] == "/", target
+        page = httpx.get(f"{base}/login", params={"next": target})
+        assert 'name="next" value="/"' in page.text, target
+    assert form_login(base, "w1").headers["location"] == "/"
+
+
+def test_the_cookie_opens_staff_pages_on_get_only(server):
+    base, _, _ = server
+    token = set_cookie(form_login(base, "w1"))["value"]
+    me = httpx.get(f"{base}/api/v1/auth/me", headers=cookie_header(token)).json()
+    assert me["role"] == "worker" and me["name"] == "w1"
+    cases = httpx.get(f"{base}/api/v1/cases", headers=cookie_header(token))
+    assert cases.status_code == 200, cases.text
+    (case,) = cases.json()["cases"]
+    own_map = httpx.get(
+        f"{base}/maps/grids/{C1}001", headers=cookie_header(token) | {"Accept": "text/html"}
+    )
+    assert own_map.status_code == 200 and "text/html" in own_map.headers["content-type"]
+    # Not the worker's grid: refused as for a bearer token (403), not sent to log in.
+    other = httpx.get(
+        f"{base}/maps/grids/G-EAST-1", headers=cookie_header(token) | {"Accept": "text/html"}
+    )
+    assert other.status_code == 403
+    # A write never acts on the cookie: the same step is anonymous (401) with it and
+    # reaches the workflow (409: a reported case cannot be closed) with the token.
+    step = f"{base}/api/v1/cases/{case['code']}/close"
+    assert httpx.post(step, headers=cookie_header(token)).status_code == 401
+    assert httpx.post(step, headers=bearer(token)).status_code == 409
+    # A header credential wins over the cookie.
+    assert (
+        httpx.get(
+            f"{base}/api/v1/auth/me", headers=cookie_header(token) | {"X-API-Key": "wgk_nope"}
+        ).status_code
+        == 401
+    )
+
+    out = httpx.post(f"{base}/logout", headers=cookie_header(token))
+    assert out.status_code == 303 and out.headers["location"] == "/login"
+    cleared = set_cookie(out)
+    assert cleared["value"] in ("", '""') and cleared["max-age"] == "0"
+    assert cleared["path"] == "/" and "httponly" in cleared
+
+
+def test_a_map_sends_an_anonymous_browser_to_log_in(server):
+    base, settings, _ = server
+    html = {"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"}
+    page = httpx.get(f"{base}/maps/grids/{C1}001?lang=en", headers=html)
+    assert page.status_code == 303
+    assert page.headers["location"] == (
+        f"/login?next=%2Fmaps%2Fgrids%2F{C1}001%3Flang%3Den&lang=en"
+    )
+    assert "set-cookie" not in page.headers
+    assert httpx.get(f"{base}/maps/coverage", headers=html).headers["location"] == (
+        "/login?next=%2Fmaps%2Fcoverage"
+    )
+    # API clients and the page's own layer fetches keep the 401.
+    assert httpx.get(f"{base}/maps/grids/{C1}001").status_code == 401
+    layer = httpx.get(
+        f"{base}/maps/coverage?layer=uncovered", headers={"Accept": "application/geo+json"}
+    )
+    assert layer.status_code == 401 and layer.json()["error"] == "Unauthorized"
+    assert httpx.get(f"{base}/api/v1/cases", headers=html).status_code == 401
+    # The resident map needs no login.
+    assert httpx.get(f"{base}/maps/nearest?lon=116.405&lat=39.91", headers=html).status_code != 303
+
+    # An expired cookie: a map page sends the browser to log in and drops the cookie;
+    # the API answers as for an expired token; the login form still opens.
+    old = issue_token(settings, "w1", now=datetime.now(UTC) - timedelta(hours=2))["access_token"]
+    stale = httpx.get(f"{base}/maps/grids/{C1}001", headers=html | cookie_header(old))
+    assert stale.status_code == 303 and stale.headers["location"].startswith("/login?next=")
+    assert set_cookie(stale)["max-age"] == "0"
+    api = httpx.get(f"{base}/api/v1/cases", headers=cookie_header(old))
+    assert api.status_code == 401 and "expired" in api.json()["message"]
+    assert httpx.get(f"{base}/login", headers=html | cookie_header(old)).status_code == 200
+    assert httpx.get(f"{base}/login", headers=cookie_header("forged")).status_code == 200
+
+
+def test_a_disabled_users_cookie_stops_working(store_url, tmp_path):
+    """Disabled elsewhere (another process, the CLI): this process trusts what it looked
+    up for auth_cache_s, and refuses the cookie once that has passed."""
+    seed_world(store_url)
+    cache_s = 1.0
+    settings = Settings(
+        database_url=store_url, data_dir=tmp_path, secret_key=SECRET, auth_cache_s=cache_s
+    )
+    engine = make_engine(store_url)
+    html = {"Accept": "text/html"}
+    try:
+        with serve(settings) as base:
+            token = set_cookie(form_login(base, "w1"))["value"]
+            grid_map = f"{base}/maps/grids/{C1}001"
+            assert httpx.get(grid_map, headers=html | cookie_header(token)).status_code == 200
+            with make_sessionmaker(engine)() as s, s.begin():
+                users_repo.disable_user(s, "w1")
+            disabled_at = time.monotonic()
+            while True:
+                page = httpx.get(grid_map, headers=html | cookie_header(token))
+                if page.status_code != 200:
+                    break
+                assert time.monotonic() - disabled_at < cache_s + 1.0, "still served"
+                time.sleep(0.1)
+            assert page.status_code == 303 and page.headers["location"].startswith("/login")
+            api = httpx.get(f"{base}/api/v1/cases", headers=cookie_header(token))
+            assert api.status_code == 401
+            assert form_login(base, "w1").status_code == 401
+    finally:
+        engine.dispose()

@@ -13,6 +13,7 @@ import json
 import shutil
 import time
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
@@ -85,12 +86,14 @@ def demo_server(tmp_path_factory):
             "uncovered": len(all_kinds.json()["features"]),
             "uncovered_neighbourhood": coverage.json()["uncovered"]["numberMatched"],
             "cases": 4000,  # the small demo's year of cases
+            "store_url": url,
         }
         yield base, facts
 
 
-@pytest.fixture(scope="module")
-def browser(tmp_path_factory):
+def start_chromium(profile_dir: Path) -> webdriver.Chrome:
+    """Headless Chromium with its own profile (its own cookies), logging the console
+    and the network."""
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     for flag in (
@@ -104,12 +107,18 @@ def browser(tmp_path_factory):
         "--disable-sync",
         "--disable-dev-shm-usage",
         "--window-size=1280,900",
-        f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}",
+        f"--user-data-dir={profile_dir}",
     ):
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     driver.get("about:blank")
+    return driver
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    driver = start_chromium(tmp_path_factory.mktemp("chromium-profile"))
     try:
         yield driver
     finally:
@@ -117,15 +126,26 @@ def browser(tmp_path_factory):
 
 
 def load_page(driver, url: str) -> dict:
-    """Load `url`; return its requests, failures and console errors, and layer counts."""
+    """Load `url`; return its requests, failures and console errors, and layer counts
+    (`page_report`)."""
     driver.get_log("performance")  # drop entries from earlier pages
     driver.get_log("browser")
     driver.get(url)
+    return page_report(driver, url)
+
+
+def wait_for_document(driver, url: str) -> None:
     deadline = time.monotonic() + 10
     while driver.execute_script("return document.readyState") != "complete":
         if time.monotonic() > deadline:
             raise AssertionError(f"{url} did not finish loading")
         time.sleep(0.05)
+
+
+def page_report(driver, url: str) -> dict:
+    """What the page at `url` (loaded since the logs were last read) requested, what
+    failed, the console errors and its layer counts."""
+    wait_for_document(driver, url)
     time.sleep(0.5)  # let Leaflet draw and the heat layer paint
     wait_for_layers(driver)
     # Only requests made by the map page count; the browser's own start page is not ours.
@@ -262,3 +282,145 @@ def test_large_cases_map_fetches_its_points_in_browser(demo_server, browser):
     assert layers["clustered"] == facts["cases"]
     assert layers["clusters"] >= 5
     screenshot(browser, "cases-fetched")
+
+
+# ------------------------------------------------------------------ logging in
+
+LOGIN_SECRET = "a-browser-test-secret-of-32-bytes!!"
+LOGIN_PASSWORD = "correct horse battery"
+
+
+@pytest.fixture(scope="module")
+def login_server(demo_server):
+    """The same demo store served with real logins (no development identity headers):
+    a grid worker and an admin who log in through the form. Yields (base URL, facts)."""
+    from gis.db import users_repo
+
+    dev_base, facts = demo_server
+    api = f"{dev_base}/api/v1"
+    grid = facts["first_grid"]
+    (worker,) = httpx.get(f"{api}/workers", params={"grid": grid, "role": "grid_worker"}).json()[
+        "workers"
+    ]
+    areas = httpx.get(f"{api}/areas", params={"limit": 1000}).json()["features"]
+    parent = {f["properties"]["code"]: f["properties"]["parent_code"] for f in areas}
+    grids = [f["properties"]["code"] for f in areas if f["properties"]["level"] == "grid"]
+
+    def street(code: str) -> str:
+        return parent[parent[code]]  # grid -> community -> street
+
+    other = next(g for g in grids if street(g) != street(grid))
+    engine = make_engine(facts["store_url"])
+    with make_sessionmaker(engine).begin() as s:
+        users_repo.add_user(s, "wg1", LOGIN_PASSWORD, "worker", scope=worker["code"])
+        users_repo.add_user(s, "boss", LOGIN_PASSWORD, "admin")
+    engine.dispose()
+    buildings = httpx.get(f"{api}/buildings", params={"grid": grid, "limit": 1})
+    settings = Settings(
+        database_url=facts["store_url"], dev_role_headers=False, secret_key=LOGIN_SECRET
+    )
+    with serve(settings) as base:
+        yield (
+            base,
+            {
+                "grid": grid,
+                "other_street_grid": other,
+                "buildings": buildings.json()["numberMatched"],
+                "uncovered": facts["uncovered"],
+            },
+        )
+
+
+@pytest.fixture
+def login_browser(tmp_path):
+    """A browser of its own: its login cookie must not reach the other tests' server
+    (cookies do not tell ports apart)."""
+    driver = start_chromium(tmp_path / "chromium-login-profile")
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def log_in_through_the_form(driver, base: str, target: str, username: str) -> dict:
+    """Open `target` unauthenticated, land on the login form, log in; the report of
+    the page the form leads back to."""
+    from selenium.webdriver.common.by import By
+
+    driver.get(base + target)
+    wait_for_document(driver, base + target)
+    landed = urlsplit(driver.current_url)
+    assert landed.path == "/login" and parse_qs(landed.query)["next"] == [target]
+    driver.get_log("performance")  # from here on: the form's post and the map
+    driver.get_log("browser")
+    driver.find_element(By.NAME, "username").send_keys(username)
+    driver.find_element(By.NAME, "password").send_keys(LOGIN_PASSWORD)
+    driver.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    deadline = time.monotonic() + 10
+    while driver.current_url != base + target:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not sent back to {target}: at {driver.current_url}")
+        time.sleep(0.05)
+    return page_report(driver, base + target)
+
+
+def document_status(driver, url: str) -> int:
+    """The HTTP status of the last document loaded from `url`."""
+    statuses = []
+    for entry in driver.get_log("performance"):
+        message = json.loads(entry["message"])["message"]
+        params = message.get("params", {})
+        if message["method"] == "Network.responseReceived" and params.get("type") == "Document":
+            if params["response"]["url"] == url:
+                statuses.append(params["response"]["status"])
+    assert statuses, f"no document answer for {url}"
+    return statuses[-1]
+
+
+def test_worker_logs_in_and_opens_their_grid_map(login_server, login_browser):
+    base, facts = login_server
+    driver = login_browser
+    target = f"/maps/grids/{facts['grid']}"
+    # The login form, before anyone is logged in.
+    driver.get(f"{base}/login?next={target}")
+    wait_for_document(driver, f"{base}/login")
+    assert "登录" in driver.title
+    driver.get_log("browser")
+    screenshot(driver, "login")
+
+    page = log_in_through_the_form(driver, base, target, "wg1")
+    check_clean(page, base)
+    assert not any("/login" in u for u in page["requests"])  # straight to the map
+    layers = page["layers"]
+    assert layers["polygons"]["15"] >= 2  # the grid and its neighbours
+    buildings = sum(v for k, v in layers["polygons"].items() if k != "15")
+    assert buildings == facts["buildings"] > 0
+    overlays = driver.execute_script(
+        "return [...document.querySelectorAll('.leaflet-control-layers-overlays label')]"
+        ".map(l => l.textContent.trim())"
+    )
+    assert any(o.startswith(f"楼栋 ({facts['buildings']})") for o in overlays), overlays
+    assert any(o.startswith("驿站") for o in overlays), overlays
+    assert facts["grid"] in driver.title
+    cookie = driver.get_cookie("wangge_token")
+    assert cookie["httpOnly"] and cookie["sameSite"] == "Strict" and cookie["path"] == "/"
+    assert driver.execute_script("return document.cookie") == ""  # not readable by scripts
+
+    # Another street's grid is outside the worker's scope: refused, not a login loop.
+    other = f"{base}/maps/grids/{facts['other_street_grid']}"
+    driver.get_log("performance")
+    driver.get(other)
+    wait_for_document(driver, other)
+    assert document_status(driver, other) == 403
+    assert driver.current_url == other
+
+
+def test_admin_logs_in_and_the_coverage_map_fetches_its_layers(login_server, login_browser):
+    """The coverage map fetches its large layers with fetch(): they go with the cookie
+    (same-origin credentials) and pass the same access rule as the page."""
+    base, facts = login_server
+    page = log_in_through_the_form(login_browser, base, "/maps/coverage", "boss")
+    check_clean(page, base)
+    fetched = [u for u in page["requests"] if "layer=" in u]
+    assert len(fetched) == 2 and all(u.startswith(f"{base}/maps/coverage?") for u in fetched)
+    assert page["layers"]["uncovered"] == facts["uncovered"] > 0

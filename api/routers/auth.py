@@ -15,6 +15,7 @@ from api.deps import ActorDep, SettingsDep
 from api.errors import invalid_parameter
 from api.schemas import error_responses
 from gis.db import users_repo
+from gis.db.users_repo import Principal
 
 router = APIRouter(prefix="/auth", tags=["auth"])
 
@@ -56,6 +57,22 @@ async def _credentials(request: Request) -> LoginIn:
     return LoginIn(username=data["username"], password=data["password"])
 
 
+async def verify_credentials(request: Request) -> Principal:
+    """The active user named by the body's `username` and `password`: 400 when one is
+    missing, 401 for a wrong password, an unknown or a disabled user alike. The token
+    route and the browser login form (api/routers/login.py) both log in through here."""
+    creds = await _credentials(request)
+
+    def check():
+        with request.app.state.sessions() as session, session.begin():
+            return users_repo.authenticate(session, creds.username, creds.password)
+
+    principal = await run_in_threadpool(check)
+    if principal is None:
+        raise unauthorized("wrong username or password, or the user is disabled")
+    return principal
+
+
 @router.post(
     "/token",
     summary="Log in: a bearer token for a username and password",
@@ -85,15 +102,7 @@ async def login(request: Request, settings: SettingsDep) -> dict[str, Any]:
     the answer's `access_token` goes in `Authorization: Bearer <token>` and expires
     after `expires_in` seconds. A wrong password, an unknown or a disabled user all
     answer the same 401."""
-    creds = await _credentials(request)
-
-    def check():
-        with request.app.state.sessions() as session, session.begin():
-            return users_repo.authenticate(session, creds.username, creds.password)
-
-    principal = await run_in_threadpool(check)
-    if principal is None:
-        raise unauthorized("wrong username or password, or the user is disabled")
+    principal = await verify_credentials(request)
     return issue_token(settings, principal.name)
 
 
