@@ -202,7 +202,8 @@ def main() -> None:
             codes = sorted(district.cases["category_code"].unique())
 
         port = _free_port()
-        env = dict(os.environ, WANGGE_DATABASE_URL=url)
+        # The load generator is one client: its per-client rate limit is switched off.
+        env = dict(os.environ, WANGGE_DATABASE_URL=url, WANGGE_RATE_LIMIT_PER_MIN="0")
         proc = subprocess.Popen(
             [
                 str(ROOT / ".venv/bin/wangge"),
