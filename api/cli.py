@@ -110,7 +110,7 @@ def demo(
 def _serve(settings: Settings, host: str, port: int, workers: int, access_log: bool = True) -> None:
     import uvicorn
 
-    from api.serving import event_loop, http_protocol
+    from api.serving import event_loop, http_protocol, serve_workers
 
     base = f"http://{host}:{port}"
     console.print(f"wangge is serving {_describe_store(settings)}")
@@ -119,16 +119,24 @@ def _serve(settings: Settings, host: str, port: int, workers: int, access_log: b
     console.print(f"  locate:    {base}/api/v1/locate?lon=123.43&lat=41.80")
     console.print(f"  stations:  {base}/api/v1/stations")
     if workers > 1:
-        uvicorn.run(
-            "api.app:create_app",
-            factory=True,
-            host=host,
-            port=port,
-            workers=workers,
-            http=http_protocol(),
-            loop=event_loop(),
-            access_log=access_log,
+        # One SO_REUSEPORT socket per worker, so the kernel spreads connections over
+        # them (api/serving.py says why uvicorn's shared socket does not).
+        code = serve_workers(
+            {
+                "app": "api.app:create_app",
+                "factory": True,
+                "host": host,
+                "port": port,
+                "http": http_protocol(),
+                "loop": event_loop(),
+                "access_log": access_log,
+            },
+            host,
+            port,
+            workers,
         )
+        if code:
+            raise typer.Exit(code)
     else:
         from api.app import create_app
 
