@@ -4,10 +4,12 @@
    15 km city), `gis.stations.nearest_straight` against its physical baseline
    `shapely.STRtree.query_nearest` on the same arrays (tree build included in both);
    checks that answers are identical. Target: within 1.5x of the baseline.
-2. HTTP: a throwaway PostGIS (tests/pgserver.py) with the city demo loaded, uvicorn with
-   2 workers as a subprocess on loopback, driven by a bounded async httpx loop (3,000
-   requests, concurrency 8) at random points in the district. Prints p50/p90/p99 latency.
-   Target: p99 < 30 ms. Also times one GET /api/v1/coverage end to end.
+2. HTTP: a throwaway PostGIS (tests/pgserver.py) with the city demo loaded, `wangge
+   serve --workers 2` in production mode (bench_load's server) on loopback, at random
+   points in the district: one request at a time, open loop at 100 and 200 req/s
+   (latency from each request's due time), and a closed loop of 3,000 requests at
+   concurrency 8 (as fast as it answers). Target: p99 < 30 ms. Also times one GET
+   /api/v1/coverage end to end, as an admin.
 
     .venv/bin/python benchmarks/bench_nearest.py [--requests 3000] [--skip-http]
 """
@@ -17,11 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import signal
-import socket
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -80,27 +78,6 @@ def bench_straight(n_points: int = 100_000, n_stations: int = 2_000) -> None:
 # Nagle's algorithm holds the response body (a second small write after the headers)
 # until the client's delayed ACK: +40 ms on every request. Measured here: /healthz takes
 # 44 ms with uvicorn's socket and 1.5 ms with this one.
-RUNNER = """
-import socket, sys
-import uvicorn
-from uvicorn.supervisors import Multiprocess
-port, workers = int(sys.argv[1]), int(sys.argv[2])
-sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-sock.bind(("127.0.0.1", port))
-sock.set_inheritable(True)
-config = uvicorn.Config("api.app:create_app", factory=True, workers=workers,
-                        log_level="warning", access_log=False)
-Multiprocess(config, sockets=[sock]).run()
-"""
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 async def _drive(base: str, params: list[dict], concurrency: int) -> tuple[np.ndarray, int]:
     import httpx
 
@@ -132,10 +109,17 @@ async def _drive(base: str, params: list[dict], concurrency: int) -> tuple[np.nd
 
 
 def bench_http(n_requests: int, concurrency: int, args_workers: int = 2) -> None:
-    import httpx
+    import secrets
 
+    import httpx
+    import sqlalchemy as sa
+
+    from benchmarks.bench_load import HOST, _http, _server
+    from benchmarks.bench_load import _drive as _drive_open
     from data.demo import generate_district
     from data.loader import load_district
+    from gis.cases import Actor
+    from gis.db import users_repo
     from gis.db.engine import make_engine, make_sessionmaker, migrate
     from tests.pgserver import remove, start_postgis
 
@@ -143,36 +127,24 @@ def bench_http(n_requests: int, concurrency: int, args_workers: int = 2) -> None
     district = generate_district("city")
     print(f"\ncity demo generated in {time.perf_counter() - started:.1f} s")
     server = start_postgis()
-    proc = None
     try:
         url = server.url
         engine = make_engine(url)
         migrate(engine)
         counts = load_district(make_sessionmaker(engine), district)
+        password = secrets.token_urlsafe(16)
+        with make_sessionmaker(engine)() as session, session.begin():
+            users_repo.add_user(
+                session, "bench-admin", password, "admin", actor=Actor("admin", "bench")
+            )
         engine.dispose()
+        with sa.create_engine(url, isolation_level="AUTOCOMMIT").connect() as conn:
+            conn.exec_driver_sql("VACUUM ANALYZE")  # as after any bulk import
         print(
             f"loaded into PostGIS: {counts['buildings']:,.0f} buildings, "
             f"{counts['stations']:,.0f} stations, {counts['road_edges']:,.0f} road edges, "
             f"{counts['cases']:,.0f} cases in {counts['seconds']:.1f} s"
         )
-        port = _free_port()
-        env = {**os.environ, "WANGGE_DATABASE_URL": url, "WANGGE_DATA_DIR": tempfile.mkdtemp()}
-        proc = subprocess.Popen(
-            [sys.executable, "-c", RUNNER, str(port), str(args_workers)],
-            cwd=ROOT, env=env, start_new_session=True,
-        )  # fmt: skip
-        base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline or proc.poll() is not None:
-                raise RuntimeError("uvicorn did not start")
-            time.sleep(0.2)
-
         rng = np.random.default_rng(7)
         buildings = district.buildings
         anchors = shapely.get_coordinates(
@@ -186,43 +158,56 @@ def bench_http(n_requests: int, concurrency: int, args_workers: int = 2) -> None
             {"lon": float(x), "lat": float(y), "kind": "neighbourhood", "k": 3, "mode": "walk"}
             for x, y in anchors
         ]
-        # Warm-up: each worker loads the graph once (cached per network version).
-        asyncio.run(_drive(base, params[:64], concurrency))
-        one, _ = asyncio.run(_drive(base, params[64:564], 1))
-        o50, o99 = np.percentile(one * 1000, [50, 99])
-        print(f"  one request at a time (500): p50 {o50:.1f} ms   p99 {o99:.1f} ms")
-        print(f"  load average before the run: {os.getloadavg()[0]:.2f} (2 cores, shared)")
-        started = time.perf_counter()
-        lat, errors = asyncio.run(_drive(base, params[64:], concurrency))
-        wall = time.perf_counter() - started
-        p50, p90, p99 = np.percentile(lat * 1000, [50, 90, 99])
-        print(
-            f"GET /api/v1/stations/nearest?mode=walk&k=3&kind=neighbourhood on PostGIS, "
-            f"uvicorn {args_workers} workers, {n_requests:,} requests, concurrency {concurrency}:"
-        )
-        print(
-            f"  p50 {p50:.1f} ms   p90 {p90:.1f} ms   p99 {p99:.1f} ms   max {lat.max() * 1000:.1f}"
-            f" ms   (target p99 < 30 ms)"
-        )
-        print(f"  {n_requests / wall:,.0f} requests/s, {errors} non-200 answers")
-        started = time.perf_counter()
-        r = httpx.get(
-            f"{base}/api/v1/coverage", params={"kind": "neighbourhood", "limit": 10}, timeout=300
-        )
-        body = r.json()
-        print(
-            f"GET /api/v1/coverage?kind=neighbourhood end to end (store reads included): "
-            f"{time.perf_counter() - started:.1f} s, status {r.status_code}, "
-            f"shares 5/10/15 min {body['totals']['share_5min']:.1%} / "
-            f"{body['totals']['share_10min']:.1%} / {body['totals']['share_15min']:.1%}"
-        )
+        with _server(url, args_workers) as port:
+            base = f"http://{HOST}:{port}"
+            # Warm-up: each worker loads the graph once (cached per network version).
+            asyncio.run(_drive(base, params[:64], concurrency))
+            print(
+                f"GET /api/v1/stations/nearest?mode=walk&k=3&kind=neighbourhood on PostGIS, "
+                f"wangge serve --workers {args_workers} (target p99 < 30 ms):"
+            )
+            print(f"  load average before the runs: {os.getloadavg()[0]:.2f} (2 cores)")
+            one, _ = asyncio.run(_drive(base, params[64:564], 1))
+            o50, o99 = np.percentile(one * 1000, [50, 99])
+            print(f"  one request at a time (500):          p50 {o50:5.1f} ms   p99 {o99:5.1f} ms")
+            # Open loop: requests leave on schedule; latency from each one's due time.
+            encoded = [_http("GET", "/api/v1/stations/nearest", p) for p in params[64:]]
+            for rate in (100, 200):
+                lat, status, wall = asyncio.run(_drive_open(encoded[: rate * 10], port, rate))
+                q50, q99 = np.percentile(lat * 1000, [50, 99])
+                bad = int((status != 200).sum())
+                print(
+                    f"  open loop {rate} req/s for 10 s:          p50 {q50:5.1f} ms   p99 "
+                    f"{q99:5.1f} ms   max {lat.max() * 1000:.0f} ms, {bad} non-200"
+                )
+            started = time.perf_counter()
+            lat, errors = asyncio.run(_drive(base, params[64:], concurrency))
+            wall = time.perf_counter() - started
+            p50, p90, p99 = np.percentile(lat * 1000, [50, 90, 99])
+            print(
+                f"  closed loop, concurrency {concurrency} ({n_requests:,} requests, as fast as "
+                f"it answers: {n_requests / wall:,.0f} req/s): p50 {p50:.1f} ms   p90 {p90:.1f}"
+                f" ms   p99 {p99:.1f} ms   max {lat.max() * 1000:.0f} ms, {errors} non-200"
+            )
+            with httpx.Client(base_url=base, timeout=300) as client:
+                token = client.post(
+                    "/api/v1/auth/token", data={"username": "bench-admin", "password": password}
+                ).json()["access_token"]
+                started = time.perf_counter()
+                r = client.get(
+                    "/api/v1/coverage",
+                    params={"kind": "neighbourhood", "limit": 10},
+                    headers={"Authorization": f"Bearer {token}"},
+                )
+            r.raise_for_status()
+            totals = r.json()["totals"]
+            print(
+                f"GET /api/v1/coverage?kind=neighbourhood end to end (store reads included): "
+                f"{time.perf_counter() - started:.1f} s, shares 5/10/15 min "
+                f"{totals['share_5min']:.1%} / {totals['share_10min']:.1%} / "
+                f"{totals['share_15min']:.1%}"
+            )
     finally:
-        if proc is not None and proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
         remove(server)
 
 
