@@ -123,7 +123,7 @@ def _serve(settings: Settings, host: str, port: int, workers: int, access_log: b
         # them (api/serving.py says why uvicorn's shared socket does not).
         code = serve_workers(
             {
-                "app": "api.app:create_app",
+                "app": "api.serving:create_served_app",
                 "factory": True,
                 "host": host,
                 "port": port,
@@ -141,7 +141,7 @@ def _serve(settings: Settings, host: str, port: int, workers: int, access_log: b
         from api.app import create_app
 
         uvicorn.run(
-            create_app(settings),
+            create_app(settings, freeze_gc=True),
             host=host,
             port=port,
             http=http_protocol(),

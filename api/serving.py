@@ -108,6 +108,14 @@ def reuse_port_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
+def create_served_app():
+    """The app as `wangge serve` runs it (uvicorn's factory): its startup objects frozen
+    out of the garbage collector's way (see `api.app.create_app`)."""
+    from api.app import create_app
+
+    return create_app(freeze_gc=True)
+
+
 def _run_worker(config_kwargs: dict[str, Any], host: str, port: int) -> None:
     """One worker process: its own socket in the port's group, one uvicorn server."""
     import uvicorn
