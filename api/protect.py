@@ -6,6 +6,9 @@
   and .xml) are limited per client with a token bucket: `rate_limit_burst` at once,
   refilled at `rate_limit_per_min`. Past it: 429 with `Retry-After`. The buckets live
   in the process, so with N uvicorn workers a client gets up to N times the rate.
+- **Login attempts.** POST /login and /api/v1/auth/token are limited per peer
+  address (`login_rate_per_min`, burst `login_rate_burst`), so passwords cannot be
+  guessed at the speed of the server. Past it: 429 with `Retry-After`.
 - **Body size.** A declared Content-Length over the limit is refused before anything
   is read; a body without one (chunked) is counted while it streams in and refused
   as soon as it passes the limit: 413. Uploads (/api/v1/imports) may send
@@ -55,6 +58,8 @@ log = logging.getLogger("wangge.protect")
 
 #: POSTs that create cases from the public side: rate-limited and idempotent.
 PUBLIC_WRITES = re.compile(r"^(/api/v1/cases|/open311/v2/requests\.(json|xml))/?$")
+#: Password checks: limited per peer address, whatever credentials the request carries.
+LOGINS = re.compile(r"^(/login|/api/v1/auth/token)/?$")
 UPLOAD_PREFIX = "/api/v1/imports"
 OPEN311_PREFIX = "/open311/"
 KEY_HEADER = "idempotency-key"
@@ -483,6 +488,7 @@ class Protect:
         self.app = app
         self.settings = settings
         self.limiter = RateLimiter(settings.rate_limit_per_min, settings.rate_limit_burst)
+        self.logins = RateLimiter(settings.login_rate_per_min, settings.login_rate_burst)
         self.idempotency = _Idempotency(settings.idempotency_ttl_s, settings.idempotency_lease_s)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -499,6 +505,18 @@ class Protect:
                 message = (
                     f"too many requests: at most {per_min:g} per minute "
                     f"(burst {self.settings.rate_limit_burst}); try again in {retry} s"
+                )
+                answer = _answer(path, 429, "TooManyRequests", message, {"Retry-After": str(retry)})
+                await _send_answer(send, answer)
+                return
+        elif method == "POST" and LOGINS.match(path) is not None:
+            peer = scope.get("client")
+            wait_s = self.logins.take(peer[0] if peer else "unknown")
+            if wait_s > 0:
+                retry = max(1, math.ceil(wait_s))
+                message = (
+                    f"too many login attempts from this address: at most "
+                    f"{self.settings.login_rate_per_min:g} per minute; try again in {retry} s"
                 )
                 answer = _answer(path, 429, "TooManyRequests", message, {"Retry-After": str(retry)})
                 await _send_answer(send, answer)

@@ -92,6 +92,13 @@ class Settings(BaseSettings):
     siting_candidates_max: int = Field(
         default=5000, ge=1, description="most candidate sites one siting run considers"
     )
+    worker_threads: int = Field(
+        default=8,
+        ge=1,
+        le=256,
+        description="threads per worker process running blocking work (route handlers, "
+        "store calls); more threads than cores only queue on the GIL",
+    )
     # Abuse limits, idempotent intake and database faults (issue 7; api/protect.py).
     rate_limit_per_min: float = Field(
         default=30.0,
@@ -101,6 +108,15 @@ class Settings(BaseSettings):
     )
     rate_limit_burst: int = Field(
         default=20, ge=1, description="public writes a client may send at once before the rate"
+    )
+    login_rate_per_min: float = Field(
+        default=10.0,
+        ge=0,
+        description="password checks (POST /login, /api/v1/auth/token) per address per minute, "
+        "per worker process; 0 switches the limit off",
+    )
+    login_rate_burst: int = Field(
+        default=10, ge=1, description="password checks an address may send at once"
     )
     body_max_bytes: int = Field(
         default=1024 * 1024, ge=1024, description="largest request body outside uploads (bytes)"

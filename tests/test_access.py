@@ -206,7 +206,11 @@ def login(base: str, username: str) -> str:
 def world(store_url, tmp_path):
     cases, plans = seed_world(store_url)
     settings = Settings(
-        database_url=store_url, data_dir=tmp_path, dev_role_headers=False, secret_key=SECRET
+        database_url=store_url,
+        data_dir=tmp_path,
+        dev_role_headers=False,
+        secret_key=SECRET,
+        login_rate_per_min=0,  # the matrix logs in far more often than a person (test_protect)
     )
     engine = make_engine(store_url)
     with serve(settings) as base:

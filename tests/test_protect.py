@@ -28,7 +28,7 @@ from api.protect import (
 )
 from api.routers import cases as cases_router
 from api.settings import Settings
-from gis.db import repo
+from gis.db import repo, users_repo
 from gis.db.engine import make_engine, make_sessionmaker
 from gis.db.models import Case, IdempotencyKey
 from tests.server import serve
@@ -316,6 +316,32 @@ def test_public_writes_over_the_rate_answer_429(sessions, store_url, tmp_path, m
         # Reads are not limited.
         assert api.get("/api/v1/cases").status_code == 200
     assert count_cases(sessions) == 3
+
+
+def test_password_guessing_is_limited_per_address(sessions, store_url, tmp_path, monkeypatch):
+    """Wrong passwords, right ones and other credentials all count against the address:
+    a guesser cannot buy fresh buckets with made-up Authorization headers."""
+    settings = _settings(store_url, tmp_path, monkeypatch, login_rate_per_min=6, login_rate_burst=3)
+    with sessions() as s, s.begin():
+        users_repo.add_user(s, "alice", "right password!", "admin")
+    guess = {"username": "alice", "password": "wrong"}
+    with serve(settings) as base, httpx.Client(base_url=base, timeout=30) as api:
+        statuses = [
+            api.post("/api/v1/auth/token", data=guess).status_code,
+            api.post("/login", data=guess).status_code,
+            api.post(
+                "/api/v1/auth/token", data=guess, headers={"Authorization": "Bearer made-up"}
+            ).status_code,
+        ]
+        assert statuses == [401, 401, 401]
+        for path in ("/api/v1/auth/token", "/login"):
+            refused = api.post(path, data={"username": "alice", "password": "right password!"})
+            assert refused.status_code == 429, refused.text
+            assert 1 <= int(refused.headers["retry-after"]) <= 10
+            assert "too many login attempts" in refused.json()["message"]
+        # Everything else goes on as before.
+        assert api.post("/api/v1/cases", json=CASE).status_code == 201
+        assert api.get("/login").status_code == 200
 
 
 # ------------------------------------------------------------- body limits
