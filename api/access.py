@@ -29,7 +29,7 @@ from api.auth import unauthorized
 from api.deps import get_actor
 from api.login import LoginRequired, wants_login_page
 from gis.cases import Actor, scope_kind
-from gis.db import repo
+from gis.db import plans_repo, repo
 from gis.db.models import Area
 from gis.errors import Forbidden
 
@@ -115,7 +115,7 @@ RULES: dict[tuple[str, str], Rule] = {
     # workload and plans (api/routers/workload.py, plans.py)
     ("GET", f"{API}/workload"): Rule(DISTRICT_STAFF, "area", "parent"),
     ("POST", f"{API}/plans"): Rule(PLANNING, "area", "parent"),
-    ("GET", f"{API}/plans"): Rule(PLANNING, "district"),
+    ("GET", f"{API}/plans"): Rule(PLANNING, "repo"),
     ("POST", f"{API}/plans/upload"): Rule(PLANNING, "district"),
     ("POST", f"{API}/plans/upload/file"): Rule(PLANNING, "district"),
     ("GET", f"{API}/plans/{{plan_id}}"): Rule(PLANNING, "plan", "plan_id"),
@@ -191,22 +191,6 @@ def reaches_district(session: Session, actor: Actor) -> bool:
     return parent is not None and parent.parent_code is None
 
 
-def plan_communities(session: Session, plan_id: int) -> list[str] | None:
-    """The communities a plan touches (from the plans tables), None if there is no plan."""
-    plans = sa.table("plans", sa.column("id"))
-    if session.scalar(sa.select(plans.c.id).where(plans.c.id == plan_id)) is None:
-        return None
-    grids = sa.table("plan_grids", sa.column("plan_id"), sa.column("community_code"))
-    moves = sa.table("plan_assignments", sa.column("plan_id"), sa.column("community_code"))
-    codes = session.scalars(
-        sa.union(
-            sa.select(grids.c.community_code).where(grids.c.plan_id == plan_id),
-            sa.select(moves.c.community_code).where(moves.c.plan_id == plan_id),
-        )
-    ).all()
-    return sorted({c for c in codes if c})
-
-
 def _check(session: Session, actor: Actor, rule: Rule, value: Any) -> None:
     """Raise Forbidden when the object the rule names is outside the actor's reach."""
     if rule.check == "district":
@@ -235,7 +219,7 @@ def _check(session: Session, actor: Actor, rule: Rule, value: Any) -> None:
             plan_id = int(value)
         except (TypeError, ValueError):
             return  # the handler answers 400 for a malformed id
-        communities = plan_communities(session, plan_id)
+        communities = plans_repo.plan_communities(session, plan_id)
         if communities is None:
             return  # the handler answers 404
         outside = [c for c in communities if not repo.actor_reaches_area(session, actor, c)]

@@ -340,7 +340,7 @@ def examples(w: World) -> dict[tuple[str, str], list[Example]]:
                 json={"parent": C2, "low": 9, "high": 5},
             ),  # noqa: E501
         ],
-        ("GET", f"{api}/plans"): [Example("GET", f"{api}/plans", obj="B", reach="area")],
+        ("GET", f"{api}/plans"): [Example("GET", f"{api}/plans", expect=ok)],
         ("POST", f"{api}/plans/upload"): [
             Example("POST", f"{api}/plans/upload", obj="B", reach="area", json={})
         ],
@@ -531,6 +531,9 @@ def test_lists_hold_only_the_callers_scope(world: World):
     assert [x["code"] for x in get("w1", "/api/v1/workers")["workers"]] == ["W1"]
     assert [x["code"] for x in get("disp_c1", "/api/v1/workers")["workers"]] == ["W1"]
     assert [x["code"] for x in get("admin", "/api/v1/workers")["workers"]] == ["W1", "W2"]
+    # Plans: a street planner lists the plans inside their street, no others.
+    for who, ids in (("plan_s1", ["A"]), ("plan_d", ["A", "B"]), ("admin", ["A", "B"])):
+        assert [p["id"] for p in get(who, "/api/v1/plans")] == [w.plans[o] for o in ids], who
     # A resident's own report, filed while logged in, is theirs to read.
     mine = httpx.post(
         f"{w.base}/api/v1/cases",

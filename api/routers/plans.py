@@ -77,8 +77,9 @@ def propose_plan(body: PlanIn, session: SessionDep, actor: ActorDep) -> dict[str
 
 
 @router.get("", summary="List plans")
-def list_plans(session: SessionDep) -> list[dict[str, Any]]:
-    return plans_repo.list_plans(session)
+def list_plans(session: SessionDep, actor: ActorDep) -> list[dict[str, Any]]:
+    """Every plan; a planner whose scope is an area sees the plans inside it."""
+    return plans_repo.list_plans(session, actor)
 
 
 def _stage_upload(session, actor, grids, name, low, high, allow_out_of_band) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 
 from gis import balance
 from gis.assign import assign_points
-from gis.cases import OPEN_STATUSES, Actor
+from gis.cases import OPEN_STATUSES, Actor, scope_kind
 from gis.db import audit_repo, repo
 from gis.db.models import (
     Area,
@@ -522,13 +522,39 @@ def get_plan(session: Session, plan_id: int | str) -> dict[str, Any]:
     }
 
 
-def list_plans(session: Session) -> list[dict[str, Any]]:
+def plan_communities(session: Session, plan_id: int) -> list[str] | None:
+    """The communities a plan touches (its grids and its moves), None if there is no plan."""
+    if session.scalar(sa.select(plans_table.c.id).where(plans_table.c.id == plan_id)) is None:
+        return None
+    grids, moves = plan_grids_table, assignments_table
+    codes = session.scalars(
+        sa.union(
+            sa.select(grids.c.community_code).where(grids.c.plan_id == plan_id),
+            sa.select(moves.c.community_code).where(moves.c.plan_id == plan_id),
+        )
+    ).all()
+    return sorted({c for c in codes if c})
+
+
+def plan_within_reach(session: Session, actor: Actor | None, plan_id: int) -> bool:
+    """Whether every community the plan touches lies in the actor's reach (a plan that
+    records none is reached only by callers who reach everything)."""
+    if actor is None or scope_kind(actor) == "all":
+        return True
+    communities = plan_communities(session, plan_id)
+    return bool(communities) and all(
+        repo.actor_reaches_area(session, actor, c) for c in communities
+    )
+
+
+def list_plans(session: Session, actor: Actor | None = None) -> list[dict[str, Any]]:
+    """Every plan, or for a scoped planner the plans wholly inside their area."""
     rows = session.execute(
         sa.select(
             plans_table.c.id, plans_table.c.name, plans_table.c.kind, plans_table.c.status
         ).order_by(plans_table.c.id)
     ).all()
-    return [dict(r._mapping) for r in rows]
+    return [dict(r._mapping) for r in rows if plan_within_reach(session, actor, r.id)]
 
 
 def plan_grids_gdf(session: Session, plan_id: int) -> gpd.GeoDataFrame:
