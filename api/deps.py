@@ -138,11 +138,19 @@ async def get_actor(
     x_api_key: Annotated[str | None, Header(description="a system's API key")] = None,
     x_wangge_role: Annotated[
         str | None,
-        Header(description="development only (dev_role_headers): the caller's role"),
+        # Not in the published API: only a development server trusts them.
+        Header(
+            description="development only (dev_role_headers): the caller's role",
+            include_in_schema=False,
+        ),
     ] = None,
     x_wangge_user: Annotated[
         str | None,
-        Header(description="development only (dev_role_headers): the caller's name"),
+        # Not in the published API: only a development server trusts them.
+        Header(
+            description="development only (dev_role_headers): the caller's name",
+            include_in_schema=False,
+        ),
     ] = None,
 ) -> Actor:
     """Who is calling: a bearer token, an API key, the browser login cookie, or
