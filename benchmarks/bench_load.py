@@ -248,6 +248,7 @@ def _server(url: str, workers: int):
         WANGGE_SECRET_KEY=secrets.token_urlsafe(32),
         WANGGE_OPEN311_API_KEYS=secrets.token_urlsafe(16),
         WANGGE_RATE_LIMIT_PER_MIN="0",
+        WANGGE_LOGIN_RATE_PER_MIN="0",  # it logs in one dispatcher per street at once
         WANGGE_DEV_ROLE_HEADERS="false",
     )
     command = [str(ROOT / ".venv/bin/wangge"), "serve", "--port", str(port)]
