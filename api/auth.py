@@ -14,12 +14,14 @@ setting `dev_role_headers`, which production refuses.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import jwt
+import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.exceptions import HTTPException
 
@@ -27,6 +29,8 @@ from api.settings import Settings
 from gis.cases import ROLES, Actor
 from gis.db import users_repo
 from gis.db.users_repo import Principal
+
+log = logging.getLogger("wangge.auth")
 
 ALGORITHM = "HS256"
 ANONYMOUS = Actor("anonymous", "")
@@ -131,7 +135,18 @@ def _lookup(
         found = None if principal is None else (principal, _worker_grids(session, principal))
     if found is not None:
         cache.put(cache_key, found)
+        if kind == "apikey" and found[0].active:
+            note_key_use(sessions, key)  # on a cache miss: at most every auth_cache_s
     return found
+
+
+def note_key_use(sessions: sessionmaker[Session], key: str) -> None:
+    """Keep an API key's last_used_at (to the minute), in a transaction of its own."""
+    try:
+        with sessions() as session, session.begin():
+            users_repo.mark_api_key_used(session, key)
+    except sa.exc.SQLAlchemyError as exc:  # bookkeeping: never the reason a request fails
+        log.warning("could not note the use of an API key: %s", exc)
 
 
 def resolve_actor(

@@ -143,6 +143,7 @@ def test_api_keys_act_with_their_role_and_are_stored_hashed(server):
     key = made.json()["key"]
     listed = httpx.get(f"{base}/api/v1/apikeys", headers=admin_h).json()
     assert [k["name"] for k in listed] == ["hotline"] and key not in str(listed)
+    assert listed[0]["last_used_at"] is None  # not used yet
     with sessions() as s:
         stored = s.scalars(sa.select(ApiKey)).one()
         assert stored.key_sha256 == users_repo.key_digest(key) and key not in stored.key_sha256
@@ -151,6 +152,14 @@ def test_api_keys_act_with_their_role_and_are_stored_hashed(server):
     assert httpx.get(f"{base}/api/v1/cases", headers={"X-API-Key": key}).status_code == 200
     assert httpx.get(f"{base}/api/v1/users", headers={"X-API-Key": key}).status_code == 403
     assert httpx.get(f"{base}/api/v1/cases", headers={"X-API-Key": "wgk_nope"}).status_code == 401
+    # The key's use is noted, to the minute: an operator sees which keys are alive.
+    used = httpx.get(f"{base}/api/v1/apikeys", headers=admin_h).json()[0]["last_used_at"]
+    assert used is not None
+    assert abs(datetime.fromisoformat(used) - datetime.now(UTC)) < timedelta(minutes=1)
+    with sessions() as s, s.begin():
+        assert users_repo.mark_api_key_used(s, key) is False  # within the minute: no write
+        later = datetime.now(UTC) + timedelta(minutes=2)
+        assert users_repo.mark_api_key_used(s, key, now=later) is True
     bad_scope = httpx.post(
         f"{base}/api/v1/apikeys",
         json={"name": "x", "role": "dispatcher", "scope": "nowhere"},

@@ -272,11 +272,15 @@ def _api_key_ok(settings: Settings, key: str) -> bool:
 
 def _stored_key_ok(sessions, key: str) -> bool:
     """An active API key issued with `wangge apikey add` also opens Open311 intake."""
+    from api.auth import note_key_use
     from gis.db import users_repo
 
     with sessions() as session:
         principal = users_repo.find_api_key(session, key)
-    return principal is not None and principal.active
+    if principal is None or not principal.active:
+        return False
+    note_key_use(sessions, key)
+    return True
 
 
 def _coordinate(fields: dict[str, str], name: str, bound: float) -> float:

@@ -11,7 +11,7 @@ import hashlib
 import re
 import secrets
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -221,6 +221,7 @@ def api_key_to_dict(row: ApiKey) -> dict[str, Any]:
         "scope": row.scope,
         "active": row.active,
         "created_at": _iso(row.created_at),
+        "last_used_at": _iso(row.last_used_at),
     }
 
 
@@ -237,6 +238,26 @@ def disable_api_key(session: Session, name: str, *, actor: Actor | None = None) 
         audit_repo.record(session, actor, "apikey.disable", "apikey", name)
         session.flush()
     return api_key_to_dict(row)
+
+
+#: last_used_at is written at most this often per key (a write per request would not do).
+KEY_USE_RESOLUTION = timedelta(minutes=1)
+
+
+def mark_api_key_used(session: Session, key: str, *, now: datetime | None = None) -> bool:
+    """Record that `key` was used now, unless it was within the last minute already.
+    True when a row was written."""
+    now = now or datetime.now(UTC)
+    done = session.execute(
+        sa.update(ApiKey)
+        .where(
+            ApiKey.key_sha256 == key_digest(key),
+            sa.or_(ApiKey.last_used_at.is_(None), ApiKey.last_used_at < now - KEY_USE_RESOLUTION),
+        )
+        .values(last_used_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    return done.rowcount == 1
 
 
 def find_api_key(session: Session, key: str) -> Principal | None:
