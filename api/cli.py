@@ -103,8 +103,52 @@ def demo(
             + ", ".join(f"{v:g} {k}" for k, v in counts.items() if k != "seconds")
             + f" in {counts['seconds']:.1f} s"
         )
+        if settings.environment != "production":
+            _add_demo_logins(settings, sessions, district)
+    _show_demo_logins(settings)
     if serve_:
         _serve(settings, host, port, workers=1)
+
+
+DEMO_LOGINS_FILE = "demo-logins.txt"
+
+
+def _add_demo_logins(settings: Settings, sessions, district) -> None:
+    """One login per staff role over the demo district, with random passwords kept in
+    the data directory (mode 0600): the staff maps and lists need someone to log in."""
+    import secrets
+
+    from gis.db import users_repo
+
+    areas, workers = district.areas, district.workers
+    grid_workers = workers[workers["grid_codes"].astype(str).str.len() > 0]
+    logins = [
+        ("demo-admin", "admin", None),
+        ("demo-planner", "planner", areas.loc[areas["level"] == "district", "code"].iloc[0]),
+        ("demo-dispatcher", "dispatcher", areas.loc[areas["level"] == "street", "code"].iloc[0]),
+        ("demo-worker", "worker", grid_workers["code"].iloc[0]),
+    ]
+    lines = []
+    with sessions() as session, session.begin():
+        for username, role, scope in logins:
+            password = secrets.token_urlsafe(12)
+            users_repo.add_user(
+                session, username, password, role, scope=scope, actor=Actor("system", "demo")
+            )
+            lines.append(f"{username:<16} {password:<18} {role:<11} {scope or '(everything)'}")
+    path = settings.data_dir / DEMO_LOGINS_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.touch(mode=0o600)
+    path.write_text(
+        "username         password           role        scope\n" + "\n".join(lines) + "\n"
+    )
+
+
+def _show_demo_logins(settings: Settings) -> None:
+    path = settings.data_dir / DEMO_LOGINS_FILE
+    if path.exists():
+        console.print(f"demo logins (kept in {path}; log in at /login or POST /api/v1/auth/token):")
+        console.print(path.read_text().rstrip(), markup=False, highlight=False)
 
 
 def _serve(settings: Settings, host: str, port: int, workers: int, access_log: bool = True) -> None:

@@ -424,3 +424,39 @@ def test_a_disabled_users_cookie_stops_working(store_url, tmp_path):
             assert form_login(base, "w1").status_code == 401
     finally:
         engine.dispose()
+
+
+def test_demo_creates_one_login_per_staff_role(store_url, tmp_path, monkeypatch):
+    """`wangge demo` on an empty store: the staff maps need someone to log in, so it adds
+    a login per role with random passwords, kept in the data directory for its owner only."""
+    for name in list(os.environ):
+        if name.startswith("WANGGE_") and name != "WANGGE_TEST_DATABASE_URL":
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("WANGGE_DATABASE_URL", store_url)
+    monkeypatch.setenv("WANGGE_DATA_DIR", str(tmp_path))
+    runner = CliRunner()
+    built = runner.invoke(cli, ["demo", "--size", "tiny", "--no-serve"])
+    assert built.exit_code == 0, built.output
+    path = tmp_path / "demo-logins.txt"
+    assert path.stat().st_mode & 0o777 == 0o600
+    rows = [line.split() for line in path.read_text().splitlines()[1:]]
+    assert [(r[0], r[2]) for r in rows] == [
+        ("demo-admin", "admin"),
+        ("demo-planner", "planner"),
+        ("demo-dispatcher", "dispatcher"),
+        ("demo-worker", "worker"),
+    ]
+    assert "demo-worker" in built.output  # shown to whoever started it
+    engine = make_engine(store_url)
+    try:
+        with make_sessionmaker(engine)() as s:
+            for username, password, role, scope in rows:
+                principal = users_repo.authenticate(s, username, password)
+                assert principal is not None and principal.role == role, username
+                assert (principal.scope or "(everything)") == scope
+                assert users_repo.authenticate(s, username, password + "x") is None
+    finally:
+        engine.dispose()
+    # A second run serves the store as it is and shows the same logins again.
+    again = runner.invoke(cli, ["demo", "--size", "tiny", "--no-serve"])
+    assert again.exit_code == 0 and rows[0][1] in again.output
