@@ -497,30 +497,28 @@ class Protect:
             return
         path, method = scope["path"], scope["method"]
         public_write = method == "POST" and PUBLIC_WRITES.match(path) is not None
+        refusal = None
         if public_write:
             wait_s = self.limiter.take(client_of(scope))
             if wait_s > 0:
-                retry = max(1, math.ceil(wait_s))
-                per_min = self.settings.rate_limit_per_min
-                message = (
-                    f"too many requests: at most {per_min:g} per minute "
-                    f"(burst {self.settings.rate_limit_burst}); try again in {retry} s"
+                refusal = (
+                    f"too many requests: at most {self.settings.rate_limit_per_min:g} per "
+                    f"minute (burst {self.settings.rate_limit_burst})"
                 )
-                answer = _answer(path, 429, "TooManyRequests", message, {"Retry-After": str(retry)})
-                await _send_answer(send, answer)
-                return
         elif method == "POST" and LOGINS.match(path) is not None:
             peer = scope.get("client")
             wait_s = self.logins.take(peer[0] if peer else "unknown")
             if wait_s > 0:
-                retry = max(1, math.ceil(wait_s))
-                message = (
-                    f"too many login attempts from this address: at most "
-                    f"{self.settings.login_rate_per_min:g} per minute; try again in {retry} s"
+                refusal = (
+                    "too many login attempts from this address: at most "
+                    f"{self.settings.login_rate_per_min:g} per minute"
                 )
-                answer = _answer(path, 429, "TooManyRequests", message, {"Retry-After": str(retry)})
-                await _send_answer(send, answer)
-                return
+        if refusal is not None:
+            retry = max(1, math.ceil(wait_s))
+            message = f"{refusal}; try again in {retry} s"
+            answer = _answer(path, 429, "TooManyRequests", message, {"Retry-After": str(retry)})
+            await _send_answer(send, answer)
+            return
         limit = (
             self.settings.upload_max_bytes
             if path.startswith(UPLOAD_PREFIX)

@@ -194,13 +194,18 @@ def test_production_needs_a_secret_and_no_dev_headers(tmp_path):
     assert ok.dev_role_headers is False and ok.token_expiry_s == 3600
 
 
-def test_cli_user_and_apikey_commands(store_url, tmp_path, monkeypatch):
-    seed_world(store_url)
+def _cli_environment(store_url, tmp_path, monkeypatch) -> None:
+    """The command line as a user runs it on this store: only our WANGGE_ settings."""
     for name in list(os.environ):
         if name.startswith("WANGGE_") and name != "WANGGE_TEST_DATABASE_URL":
             monkeypatch.delenv(name)
     monkeypatch.setenv("WANGGE_DATABASE_URL", store_url)
     monkeypatch.setenv("WANGGE_DATA_DIR", str(tmp_path))
+
+
+def test_cli_user_and_apikey_commands(store_url, tmp_path, monkeypatch):
+    seed_world(store_url)
+    _cli_environment(store_url, tmp_path, monkeypatch)
     runner = CliRunner()
     added = runner.invoke(
         cli, ["user", "add", "disp2", "--role", "dispatcher", "--scope", C1, "--password", PASSWORD]
@@ -429,11 +434,7 @@ def test_a_disabled_users_cookie_stops_working(store_url, tmp_path):
 def test_demo_creates_one_login_per_staff_role(store_url, tmp_path, monkeypatch):
     """`wangge demo` on an empty store: the staff maps need someone to log in, so it adds
     a login per role with random passwords, kept in the data directory for its owner only."""
-    for name in list(os.environ):
-        if name.startswith("WANGGE_") and name != "WANGGE_TEST_DATABASE_URL":
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("WANGGE_DATABASE_URL", store_url)
-    monkeypatch.setenv("WANGGE_DATA_DIR", str(tmp_path))
+    _cli_environment(store_url, tmp_path, monkeypatch)
     runner = CliRunner()
     built = runner.invoke(cli, ["demo", "--size", "tiny", "--no-serve"])
     assert built.exit_code == 0, built.output
