@@ -154,7 +154,12 @@ def _show_demo_logins(settings: Settings) -> None:
 def _serve(settings: Settings, host: str, port: int, workers: int, access_log: bool = True) -> None:
     import uvicorn
 
-    from api.serving import event_loop, http_protocol, serve_workers
+    from api.serving import (
+        event_loop,
+        http_protocol,
+        kernel_balances_reuse_port,
+        serve_workers,
+    )
 
     base = f"http://{host}:{port}"
     console.print(f"wangge is serving {_describe_store(settings)}")
@@ -162,25 +167,23 @@ def _serve(settings: Settings, host: str, port: int, workers: int, access_log: b
     console.print(f"  areas:     {base}/api/v1/areas?level=grid&limit=10")
     console.print(f"  locate:    {base}/api/v1/locate?lon=123.43&lat=41.80")
     console.print(f"  stations:  {base}/api/v1/stations")
-    if workers > 1:
+    options = {
+        "app": "api.serving:create_served_app",
+        "factory": True,
+        "host": host,
+        "port": port,
+        "http": http_protocol(),
+        "loop": event_loop(),
+        "access_log": access_log,
+    }
+    if workers > 1 and kernel_balances_reuse_port():
         # One SO_REUSEPORT socket per worker, so the kernel spreads connections over
         # them (api/serving.py says why uvicorn's shared socket does not).
-        code = serve_workers(
-            {
-                "app": "api.serving:create_served_app",
-                "factory": True,
-                "host": host,
-                "port": port,
-                "http": http_protocol(),
-                "loop": event_loop(),
-                "access_log": access_log,
-            },
-            host,
-            port,
-            workers,
-        )
+        code = serve_workers(options, host, port, workers)
         if code:
             raise typer.Exit(code)
+    elif workers > 1:  # elsewhere uvicorn's own supervisor, on one shared socket
+        uvicorn.run(**options, workers=workers)
     else:
         from api.app import create_app
 

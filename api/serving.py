@@ -21,6 +21,7 @@ import logging
 import multiprocessing
 import signal
 import socket
+import sys
 import threading
 import time
 from typing import Any
@@ -94,6 +95,12 @@ log = logging.getLogger("wangge.serve")
 MAX_RESTARTS_PER_MIN = 5
 #: How long workers get to finish their requests after SIGTERM.
 STOP_GRACE_S = 15.0
+
+
+def kernel_balances_reuse_port() -> bool:
+    """Whether SO_REUSEPORT spreads connections over a group of sockets: Linux does
+    (since 3.9); BSD and macOS hand them all to one socket, and Windows lacks it."""
+    return sys.platform.startswith("linux") and hasattr(socket, "SO_REUSEPORT")
 
 
 def reuse_port_socket(host: str, port: int) -> socket.socket:

@@ -21,7 +21,12 @@ from pathlib import Path
 
 import httpx
 
-from api.serving import NoDelayH11Protocol, event_loop, http_protocol
+from api.serving import (
+    NoDelayH11Protocol,
+    event_loop,
+    http_protocol,
+    kernel_balances_reuse_port,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 DELAYED_ACK_MS = 40.0
@@ -38,6 +43,8 @@ def test_serve_prefers_the_c_parser_on_uvloop():
     assert http_protocol() is not NoDelayH11Protocol
     assert "HttpTools" in http_protocol().__name__
     assert event_loop() == "uvloop"
+    # and on Linux (CI's machine) a socket per worker, which the burst test relies on
+    assert kernel_balances_reuse_port()
 
 
 def _keep_alive_round_trips(port: int, n: int) -> list[float]:
