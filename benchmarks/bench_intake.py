@@ -58,6 +58,24 @@ def _count_cases(url: str) -> int:
     return n
 
 
+def load_fresh(server, district) -> tuple[str, dict]:
+    """A new database `bench` on `server` holding `district`, vacuumed: (URL, counts).
+
+    The vacuum is what a deployment does after a bulk import: without it, autovacuum
+    starts on the 300,000 freshly loaded cases during a run and shares the cores.
+    """
+    with sa.create_engine(server.url, isolation_level="AUTOCOMMIT").connect() as conn:
+        conn.exec_driver_sql("CREATE DATABASE bench")
+    url = sa.engine.make_url(server.url).set(database="bench").render_as_string(False)
+    engine = make_engine(url)
+    migrate(engine)
+    counts = load_district(make_sessionmaker(engine), district)
+    engine.dispose()
+    with sa.create_engine(url, isolation_level="AUTOCOMMIT").connect() as conn:
+        conn.exec_driver_sql("VACUUM ANALYZE")
+    return url, counts
+
+
 class _Connection:
     """One HTTP/1.1 keep-alive connection: write a request, read one response."""
 
@@ -181,22 +199,8 @@ def main() -> None:
             engine.dispose()
             print(f"reusing the store at {url}")
         else:
-            admin = sa.create_engine(server.url, isolation_level="AUTOCOMMIT")
-            with admin.connect() as conn:
-                conn.exec_driver_sql("CREATE DATABASE bench")
-            admin.dispose()
-            url = sa.engine.make_url(server.url).set(database="bench").render_as_string(False)
-            engine = make_engine(url)
-            migrate(engine)
             district = generate_district(args.size)
-            counts = load_district(make_sessionmaker(engine), district)
-            engine.dispose()
-            # What a deployment does after a bulk import: without it, autovacuum starts
-            # on the 300,000 freshly loaded cases during the run and shares the cores.
-            vacuum = sa.create_engine(url, isolation_level="AUTOCOMMIT")
-            with vacuum.connect() as conn:
-                conn.exec_driver_sql("VACUUM ANALYZE")
-            vacuum.dispose()
+            url, counts = load_fresh(server, district)
             print(f"loaded the {args.size} demo into PostGIS: {counts}")
             bounds = district.areas.total_bounds
             codes = sorted(district.cases["category_code"].unique())

@@ -56,12 +56,16 @@ import sqlalchemy as sa
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.bench_intake import _Connection, _count_cases, _free_port  # noqa: E402
+from benchmarks.bench_intake import (  # noqa: E402
+    _Connection,
+    _count_cases,
+    _free_port,
+    load_fresh,
+)
 from data.demo import generate_district  # noqa: E402
-from data.loader import load_district  # noqa: E402
 from gis.cases import Actor  # noqa: E402
 from gis.db import users_repo  # noqa: E402
-from gis.db.engine import make_engine, make_sessionmaker, migrate  # noqa: E402
+from gis.db.engine import make_engine, make_sessionmaker  # noqa: E402
 from tests.pgserver import remove, start_postgis  # noqa: E402
 
 HOST = "127.0.0.1"
@@ -161,18 +165,7 @@ class Store:
 
 def _load_fresh(server, size: str) -> str:
     """A new database on `server` with the demo district of `size`, vacuumed; its URL."""
-    with sa.create_engine(server.url, isolation_level="AUTOCOMMIT").connect() as conn:
-        conn.exec_driver_sql("CREATE DATABASE bench")
-    url = sa.engine.make_url(server.url).set(database="bench").render_as_string(False)
-    engine = make_engine(url)
-    migrate(engine)
-    counts = load_district(make_sessionmaker(engine), generate_district(size))
-    engine.dispose()
-    # as after any bulk import, so autovacuum does not start during the run
-    engine = sa.create_engine(url, isolation_level="AUTOCOMMIT")
-    with engine.connect() as conn:
-        conn.exec_driver_sql("VACUUM ANALYZE")
-    engine.dispose()
+    url, counts = load_fresh(server, generate_district(size))
     print(f"loaded the {size} demo into PostGIS: {counts}")
     return url
 

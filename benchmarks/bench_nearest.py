@@ -112,15 +112,14 @@ def bench_http(n_requests: int, concurrency: int, args_workers: int = 2) -> None
     import secrets
 
     import httpx
-    import sqlalchemy as sa
 
+    from benchmarks.bench_intake import load_fresh
     from benchmarks.bench_load import HOST, _http, _server
     from benchmarks.bench_load import _drive as _drive_open
     from data.demo import generate_district
-    from data.loader import load_district
     from gis.cases import Actor
     from gis.db import users_repo
-    from gis.db.engine import make_engine, make_sessionmaker, migrate
+    from gis.db.engine import make_engine, make_sessionmaker
     from tests.pgserver import remove, start_postgis
 
     started = time.perf_counter()
@@ -128,18 +127,14 @@ def bench_http(n_requests: int, concurrency: int, args_workers: int = 2) -> None
     print(f"\ncity demo generated in {time.perf_counter() - started:.1f} s")
     server = start_postgis()
     try:
-        url = server.url
-        engine = make_engine(url)
-        migrate(engine)
-        counts = load_district(make_sessionmaker(engine), district)
+        url, counts = load_fresh(server, district)
         password = secrets.token_urlsafe(16)
+        engine = make_engine(url)
         with make_sessionmaker(engine)() as session, session.begin():
             users_repo.add_user(
                 session, "bench-admin", password, "admin", actor=Actor("admin", "bench")
             )
         engine.dispose()
-        with sa.create_engine(url, isolation_level="AUTOCOMMIT").connect() as conn:
-            conn.exec_driver_sql("VACUUM ANALYZE")  # as after any bulk import
         print(
             f"loaded into PostGIS: {counts['buildings']:,.0f} buildings, "
             f"{counts['stations']:,.0f} stations, {counts['road_edges']:,.0f} road edges, "
