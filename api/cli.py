@@ -167,15 +167,14 @@ def _serve(settings: Settings, host: str, port: int, workers: int, access_log: b
     console.print(f"  areas:     {base}/api/v1/areas?level=grid&limit=10")
     console.print(f"  locate:    {base}/api/v1/locate?lon=123.43&lat=41.80")
     console.print(f"  stations:  {base}/api/v1/stations")
-    options = {
-        "app": "api.serving:create_served_app",
-        "factory": True,
+    server = {
         "host": host,
         "port": port,
         "http": http_protocol(),
         "loop": event_loop(),
         "access_log": access_log,
     }
+    options = {"app": "api.serving:create_served_app", "factory": True, **server}
     if workers > 1 and kernel_balances_reuse_port():
         # One SO_REUSEPORT socket per worker, so the kernel spreads connections over
         # them (api/serving.py says why uvicorn's shared socket does not).
@@ -187,14 +186,7 @@ def _serve(settings: Settings, host: str, port: int, workers: int, access_log: b
     else:
         from api.app import create_app
 
-        uvicorn.run(
-            create_app(settings, freeze_gc=True),
-            host=host,
-            port=port,
-            http=http_protocol(),
-            loop=event_loop(),
-            access_log=access_log,
-        )
+        uvicorn.run(create_app(settings, freeze_gc=True), **server)
 
 
 @app.command()

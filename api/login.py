@@ -70,9 +70,15 @@ def token_cookie(value: str, *, max_age: int, secure: bool) -> str:
     return morsel.OutputString()
 
 
+def cleared_token_cookie(request: Request) -> str:
+    """The Set-Cookie header value that drops the token cookie from the browser."""
+    settings: Settings = request.app.state.settings
+    return token_cookie("", max_age=0, secure=secure_cookie(request, settings))
+
+
 def login_url(next_path: str, lang: str | None = None) -> str:
     params = {"next": next_path}
-    if lang in ("zh", "en") and lang != "zh":
+    if lang == "en":  # Chinese is the page's default
         params["lang"] = lang
     return f"{LOGIN_PATH}?{urlencode(params)}"
 
@@ -90,8 +96,5 @@ class LoginRequired(HTTPException):
         target = login_url(safe_next(here), request.query_params.get("lang"))
         headers = {"Location": target, "Cache-Control": "no-store"}
         if clear_cookie:
-            settings: Settings = request.app.state.settings
-            headers["Set-Cookie"] = token_cookie(
-                "", max_age=0, secure=secure_cookie(request, settings)
-            )
+            headers["Set-Cookie"] = cleared_token_cookie(request)
         super().__init__(303, detail=f"log in to open this page: {target}", headers=headers)

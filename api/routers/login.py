@@ -18,7 +18,13 @@ from starlette.exceptions import HTTPException
 
 from api.auth import issue_token
 from api.deps import SettingsDep
-from api.login import LOGIN_PATH, safe_next, secure_cookie, token_cookie
+from api.login import (
+    LOGIN_PATH,
+    cleared_token_cookie,
+    safe_next,
+    secure_cookie,
+    token_cookie,
+)
 from api.routers.auth import verify_credentials
 from gis.errors import InvalidInput
 
@@ -170,10 +176,9 @@ async def submit_login(request: Request, settings: SettingsDep) -> Response:
 
 
 @router.post("/logout", include_in_schema=False)
-def logout(request: Request, settings: SettingsDep) -> Response:
+def logout(request: Request) -> Response:
     """Drop the cookie and show the login form. (The token itself stays valid until it
     expires: tokens are not stored, so there is nothing to revoke.)"""
     response = RedirectResponse(LOGIN_PATH, status_code=303, headers={"Cache-Control": "no-store"})
-    secure = secure_cookie(request, settings)
-    response.headers.append("set-cookie", token_cookie("", max_age=0, secure=secure))
+    response.headers.append("set-cookie", cleared_token_cookie(request))
     return response
