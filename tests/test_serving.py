@@ -144,11 +144,13 @@ def test_connections_opened_in_a_burst_spread_over_the_workers(tmp_path):
     """A client opening its pool at once (as a proxy does) reaches every worker, not the
     first to wake; a worker that dies is replaced and the port keeps answering."""
     with _wangge_serve(tmp_path) as (proc, port):
-        workers = _workers_of(proc)
-        assert len(workers) == 2
-        deadline = time.monotonic() + 60  # the first to listen answered; wait for both
-        while not all(_sockets_on(pid, port, LISTEN) for pid in workers):
-            assert time.monotonic() < deadline, "a worker never listened"
+        # The first worker to listen answered; wait for both to be up and listening.
+        deadline = time.monotonic() + 60
+        while True:
+            workers = _workers_of(proc)
+            if len(workers) == 2 and all(_sockets_on(pid, port, LISTEN) for pid in workers):
+                break
+            assert time.monotonic() < deadline, f"two listening workers never came: {workers}"
             time.sleep(0.2)
         conns = [socket.create_connection(("127.0.0.1", port)) for _ in range(32)]
         try:
