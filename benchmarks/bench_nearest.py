@@ -164,7 +164,8 @@ def bench_http(n_requests: int, concurrency: int, args_workers: int = 2) -> None
             print(f"  load average before the runs: {os.getloadavg()[0]:.2f} (2 cores)")
             one, _ = asyncio.run(_drive(base, params[64:564], 1))
             o50, o99 = np.percentile(one * 1000, [50, 99])
-            print(f"  one request at a time (500):          p50 {o50:5.1f} ms   p99 {o99:5.1f} ms")
+            label = f"one request at a time ({len(one)}):"
+            print(f"  {label:<38} p50 {o50:5.1f} ms   p99 {o99:5.1f} ms")
             # Open loop: requests leave on schedule; latency from each one's due time.
             encoded = [_http("GET", "/api/v1/stations/nearest", p) for p in params[64:]]
             for rate in (100, 200):
